@@ -160,7 +160,8 @@ def embed_words(
     chunks, bos_norms, word_norms = [None] * len(words), [], []
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], tokenizer.pad_token_id, padding_side).items()}
+        batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id, padding_side)
+        batch = {k: v.to(device) for k, v in batch.items()}
         states = hidden_states(model, batch)
         sel = range(len(states)) if layers is None else layers
         h = torch.stack([states[j] for j in sel]).float()  # (n_layers, B, T, D)
