@@ -99,7 +99,7 @@ def _rows(path: Path, text: str, fmt: str) -> list[tuple[str, object]]:
         return [(f"entry {i}", rec) for i, rec in enumerate(data, 1)]
     if fmt == "jsonl":
         rows = []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 etc. may sit inside a string
             if line.strip():
                 try:
                     rows.append((f"line {n}", json.loads(line)))
@@ -118,12 +118,13 @@ def _field(path: Path, where: str, rec: object, name: str, clean: bool) -> str:
         raise LexiconError(f"{path}: {where} is a {type(rec).__name__}, expected an object with a {name!r} field")
     if name not in rec or rec[name] is None:
         raise LexiconError(f"{path}: {where} has no field {name!r} (fields present: {sorted(map(str, rec))})")
-    value = rec[name]
-    if not isinstance(value, str):
-        raise LexiconError(f"{path}: {where} field {name!r} is a {type(value).__name__}, expected a string")
-    value = normalize(value, clean)
+    raw = rec[name]
+    if not isinstance(raw, str):
+        raise LexiconError(f"{path}: {where} field {name!r} is a {type(raw).__name__}, expected a string")
+    value = normalize(raw, clean)
     if not value:
-        raise LexiconError(f"{path}: {where} field {name!r} is empty")
+        why = f" after gloss cleaning (was {raw!r})" if raw.strip() else ""
+        raise LexiconError(f"{path}: {where} field {name!r} is empty{why}")
     return value
 
 
@@ -137,8 +138,12 @@ def read_lexicon(
     src_lang: str | None = None,
     tgt_lang: str | None = None,
 ) -> Lexicon:
-    """Read and validate one lexicon file; `fmt` is auto (by suffix), json, jsonl, csv or tsv."""
-    path = Path(path).expanduser()
+    """Read and validate one lexicon file; `fmt` is auto (by suffix), json, jsonl, csv or tsv.
+
+    `path` may be `bundled:NAME` for a lexicon shipped with tli (e.g. `bundled:sw_en/train.json`).
+    """
+    text_path = str(path)
+    path = bundled(text_path[len("bundled:"):]) if text_path.startswith("bundled:") else Path(path).expanduser()
     if not path.is_file():
         raise LexiconError(f"lexicon file {path} does not exist")
     if fmt == "auto":
@@ -146,7 +151,8 @@ def read_lexicon(
         if not fmt:
             raise LexiconError(f"{path}: unknown lexicon suffix {path.suffix!r}; use one of {', '.join(FORMATS)}")
     elif fmt not in FORMATS.values():
-        raise LexiconError(f"data.format={fmt!r} is not one of auto, {', '.join(sorted(set(FORMATS.values())))}")
+        valid = ", ".join(sorted(set(FORMATS.values())))
+        raise LexiconError(f"{path}: data.format={fmt!r} is not one of auto, {valid}")
     text = _decode(path)
     pairs = []
     for where, rec in _rows(path, text, fmt):
