@@ -87,7 +87,7 @@ def _key(s: str) -> str:
 
 def _duplicates(lex: Lexicon, split: str, kind: str, key) -> tuple[list[Finding], set[int]]:
     """Findings for pairs sharing `key(pair)`, and the indices of the repeats (all but the first)."""
-    groups: dict[str, list[int]] = defaultdict(list)
+    groups: dict[object, list[int]] = defaultdict(list)
     for i, p in enumerate(lex.pairs):
         groups[key(p)].append(i)
     findings, repeats = [], set()
@@ -118,7 +118,7 @@ def audit(train: Lexicon, control: Lexicon | None = None, policy: dict[str, str]
     cleaned: dict[str, Lexicon] = {}
     for split, lex in splits:
         checks = [
-            ("duplicate_pair", lambda p: f"{_key(p.source)} -> {_key(p.target)}"),
+            ("duplicate_pair", lambda p: (_key(p.source), _key(p.target))),
             ("duplicate_source", lambda p: _key(p.source)),
             ("duplicate_target", lambda p: _key(p.target)),
         ]
@@ -207,10 +207,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--policy", nargs="*", default=[], metavar="CHECK=ACTION",
                         help=f"checks: {', '.join(DEFAULT_POLICY)}; actions: {', '.join(POLICIES)}")
     args = parser.parse_args(argv)
+    bad = [item for item in args.policy if "=" not in item]
+    if bad:
+        parser.error(f"--policy takes CHECK=ACTION items, got {bad}")
     policy = dict(item.split("=", 1) for item in args.policy)
     read = dict(src_field=args.src_field, tgt_field=args.tgt_field, clean_glosses=args.clean_glosses)
-    control = read_lexicon(args.control, **read) if args.control else None
-    result = audit(read_lexicon(args.train, **read), control, policy)
+    try:
+        control = read_lexicon(args.control, **read) if args.control else None
+        result = audit(read_lexicon(args.train, **read), control, policy)
+    except LexiconError as err:  # a bad file or a failed audit: the message, not a traceback
+        raise SystemExit(f"error: {err}") from None
     print(format_audit(result))
     if args.out:
         print(f"wrote {write_audit(result, args.out)}")
