@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,6 +196,7 @@ def load_model(spec: ModelSpec, *, num_layers_kept: int | None = None, device: s
     config.use_cache = False
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the truncated load reports the cut-off blocks; checked strictly below
+    hf_logging.disable_progress_bar()
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             source,
@@ -210,6 +211,7 @@ def load_model(spec: ModelSpec, *, num_layers_kept: int | None = None, device: s
         )
     finally:
         hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
     check_loading_info(info, spec, num_layers_kept)
     if qconfig is None:
         model.to(device)
@@ -220,5 +222,14 @@ def load_model(spec: ModelSpec, *, num_layers_kept: int | None = None, device: s
     return model.eval(), tokenizer
 
 
-def hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+@contextmanager
+def truncated(model: nn.Module, k: int):
+    """Run only decoder blocks 1..k inside this context: the loss at layer k and its gradients are unchanged (blocks
+    after k cannot influence hidden state k), the cost of blocks k+1..L is saved. Index k stays un-normed."""
+    config = model.config
+    saved = config.num_hidden_layers, getattr(config, "tie_last_hidden_states", None)
+    config.num_hidden_layers, config.tie_last_hidden_states = k, False
+    try:
+        yield model
+    finally:
+        config.num_hidden_layers, config.tie_last_hidden_states = saved

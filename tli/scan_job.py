@@ -73,7 +73,7 @@ def scan_job(cfg: dict) -> dict:
               f"({rec['recommended_value']:.4f} on {rec['criterion_split']}); raw-cosine argmax is layer "
               f"{rec['raw_cosine_argmax_layer']} (cosine {rec['raw_cosine_max']:.4f}, "
               f"mismatched baseline {rec['baseline_at_raw_argmax']:.4f})")
-    if "wandb" in str((cfg.get("logger") or {}).get("_target_", "")).lower():
+    if (cfg.get("logger") or {}).get("type") == "wandb":
         _log_wandb(cfg, rows, summary, out)
     print(f"wrote {out}")
     return summary

@@ -1,0 +1,57 @@
+"""After a Hydra multirun: one table of every job's settings and metrics, best marked (CSV and Markdown)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tli.io import atomic_write_text
+from tli.tables import markdown_table, write_csv
+
+
+def collect(sweep_dir: str | Path) -> list[dict]:
+    """One row per job directory holding a metrics.json: its overrides and final metrics."""
+    rows = []
+    for metrics_file in sorted(Path(sweep_dir).glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p)):
+        job = metrics_file.parent
+        metrics = json.loads(metrics_file.read_text())
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        lines = overrides_file.read_text().splitlines() if overrides_file.exists() else []
+        overrides = [o.strip("- ") for o in lines]
+        row = {"job": job.name, "overrides": " ".join(o for o in overrides if o)}
+        row.update({o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o})
+        row["objective_name"] = metrics.get("objective_name")
+        row["objective"] = metrics.get("objective")
+        row.update({k: v for k, v in sorted(metrics.get("metrics", {}).items()) if k.startswith("val/")})
+        rows.append(row)
+    return rows
+
+
+def write_summary(sweep_dir: str | Path) -> list[dict]:
+    rows = collect(sweep_dir)
+    if not rows:
+        return rows
+    scored = [r for r in rows if isinstance(r["objective"], (int, float))]
+    best = max(scored, key=lambda r: r["objective"]) if scored else None
+    for r in rows:
+        r["best"] = "*" if r is best else ""
+    sweep_dir = Path(sweep_dir)
+    write_csv(rows, sweep_dir / "sweep_summary.csv", ["best", "job", "overrides", "objective_name", "objective"])
+    columns = ["best", "job", "overrides", "objective"] + [c for c in rows[0] if c.startswith("val/")]
+    text = f"# Sweep summary: {sweep_dir}\n\nObjective: {rows[0]['objective_name']} (higher is better; * = best)\n\n"
+    atomic_write_text(sweep_dir / "sweep_summary.md", text + markdown_table(rows, columns) + "\n")
+    return rows
+
+
+class SweepSummary:
+    """Hydra callback (hydra.callbacks.sweep_summary): writes the table when a multirun ends."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        rows = write_summary(config.hydra.sweep.dir)
+        if rows:
+            print(f"sweep summary: {Path(config.hydra.sweep.dir) / 'sweep_summary.md'} ({len(rows)} jobs)")
+
+    def __getattr__(self, name):  # Hydra calls the other hooks too: nothing to do there
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
