@@ -1,0 +1,229 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from safetensors.torch import load_file
+
+from tli.data import PairDataModule
+from tli.losses import InfoNCE
+from tli.module import NonFiniteLossError, TLIModule
+from tli.train_job import train_job
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _adapter(out: Path, name: str = "adapter_last") -> dict[str, torch.Tensor]:
+    return load_file(out / name / "adapter_model.safetensors")
+
+
+def test_fast_dev_run_exports_a_peft_adapter(train_cfg, tmp_path, tiny_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result = train_job(train_cfg("debug=fdr"))
+    assert json.loads((tmp_path / "metrics.json").read_text())["global_step"] == result["global_step"] == 1
+    sidecar = json.loads((tmp_path / "adapter" / "tli_adapter.json").read_text())
+    assert sidecar["base_model"] == str(tiny_dir) and sidecar["target_layer"] == 2 and sidecar["pooling"] == "mean"
+    assert len(sidecar["lexicons"]["train"]["sha256"]) == 64
+    # Loadable by plain peft on a plain transformers model.
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), tmp_path / "adapter")
+    names = [n for n, _ in model.named_parameters() if "lora_A" in n]
+    assert names and all(".layers.0." in n or ".layers.1." in n for n in names)  # blocks 1..k for k = 2
+
+
+def test_truncated_forward_gives_identical_loss_and_gradients(tiny_spec, tiny_nf4):
+    model_cfg = {"name_or_path": tiny_spec.name_or_path, "quantization": "nf4", "target_layer": 3, "pooling": "mean"}
+    module = TLIModule(model_cfg, {"r": 4, "alpha": 8, "dropout": 0.0}, InfoNCE(0.1), {"lr": 1e-3})
+    module.configure_model()
+    torch.manual_seed(0)
+    for n, p in module.backbone.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.2)  # B = 0 at init would hide A's gradient
+    words = ["maji", "kitabu", "mwalimu", "nyumba", "water", "book", "teacher", "house"]
+    from tli.embed import collate, tokenize_words
+
+    tok = tiny_nf4[1]
+    batch = {"words": collate(tokenize_words(tok, words), tok.pad_token_id),
+             "src_ids": torch.arange(4), "tgt_ids": torch.arange(4)}
+    calls = []
+    hook = module.backbone.get_base_model().model.layers[3].register_forward_hook(lambda *a: calls.append(1))
+    results = {}
+    for truncate in (True, False):
+        module.truncate = truncate
+        module.zero_grad()
+        calls.clear()
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}
+        results[truncate] = (loss.detach(), grads, len(calls))
+    hook.remove()
+    assert results[True][2] == 0 and results[False][2] == 1  # block 4 skipped only when truncating
+    torch.testing.assert_close(results[True][0], results[False][0])
+    assert len(results[True][1]) == 12  # q, v x A, B x blocks 1..3
+    for n, g in results[True][1].items():
+        assert g.abs().sum() > 0, n
+        torch.testing.assert_close(g, results[False][1][n], msg=n)
+
+
+class CrashAt(Callback):
+    """Simulates a crash at the start of step `step` (after the previous step's checkpoint was written)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            raise KeyboardInterrupt  # Lightning turns this into a graceful stop without saving anything
+
+
+@pytest.mark.parametrize("stop_at", [3, 5])  # mid-epoch, and at the end of epoch 0 (4 batches per epoch)
+def test_resume_is_exact(train_cfg, tmp_path, stop_at):
+    settings = ["trainer.max_steps=7", "trainer.max_epochs=-1", "callbacks.every_n_train_steps=1", "lora.dropout=0.1"]
+    straight = tmp_path / "straight"
+    train_job(train_cfg(*settings, out=straight))
+    resumed = tmp_path / "resumed"
+    train_job(train_cfg(*settings, out=resumed), extra_callbacks=[CrashAt(stop_at)])
+    ckpt = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == stop_at
+    result = train_job(train_cfg(*settings, "ckpt_path=last", out=resumed))
+    assert result["global_step"] == 7
+    a, b = _adapter(straight), _adapter(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def test_checkpoints_hold_only_trainable_tensors(train_cfg, tmp_path, tiny_dir):
+    train_job(train_cfg("trainer.max_steps=2", "callbacks.every_n_train_steps=1"))
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(path, weights_only=True)  # plain containers only: loads under torch's safe unpickler
+    assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])
+    assert len(ckpt["state_dict"]) == 8  # q, v x A, B x blocks 1..2
+    assert {"optimizer_states", "lr_schedulers", "loops", "rng"} <= ckpt.keys()
+    base_size = (tiny_dir / "model.safetensors").stat().st_size
+    assert path.stat().st_size < 0.1 * base_size  # for the 8B: megabytes instead of gigabytes
+    assert not list((tmp_path / "checkpoints").glob(".*tmp"))  # atomic writes leave no temp files
+
+
+BAD_SETTINGS = [
+    ("model.target_layer=0", r"model.target_layer=0 is outside this model's range 1..32"),
+    ("model.target_layer=33", r"model.target_layer=33 is outside this model's range 1..32"),
+    ("loss.temperature=0", r"loss.temperature=0.* must be > 0"),
+    ("lora.r=0", r"lora.r=0 must be a positive integer"),
+    ("loss.name=focal", r"loss.name='focal' is not a loss; valid: infonce, triplet"),
+    ("model.pooling=max", r"model.pooling='max' is not a pooling mode; valid: mean, mean_all, last"),
+    ("data.batch_size=1", r"data.batch_size=1 must be >= 2"),
+    ("optim.lr=0", r"optim.lr=0.* must be > 0"),
+    ("ckpt_path=/nonexistent/x.ckpt", r"ckpt_path='/nonexistent/x.ckpt': no such checkpoint file"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD_SETTINGS)
+def test_bad_settings_fail_before_weights_load(train_cfg, monkeypatch, override, message):
+    import tli.module
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("model weights were loaded before the settings were checked")
+
+    monkeypatch.setattr(tli.module, "load_model", no_weights)
+    with pytest.raises(ValueError, match=message):
+        train_job(train_cfg(override))
+
+
+class PoisonAt(Callback):
+    """Puts a NaN into one adapter weight at the start of step `step` (after the last good checkpoint)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, *args):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(p for n, p in pl_module.named_parameters() if "lora_A" in n).fill_(float("nan"))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(train_cfg, tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at global step 2"):
+        train_job(train_cfg("trainer.max_steps=5", "callbacks.every_n_train_steps=1"), extra_callbacks=[PoisonAt(2)])
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def _cli(tmp_path, tiny_dir, small_lexicons, *overrides):
+    return [sys.executable, str(ROOT / "train.py"), f"model.name_or_path={tiny_dir}",
+            f"data.train_file={small_lexicons[0]}", f"data.control_file={small_lexicons[1]}", "data.batch_size=8",
+            "trainer.num_sanity_val_steps=0", "callbacks.rich_progress_bar=false", "callbacks.progress_bar=false",
+            "trainer.accelerator=cpu", "lora.r=4", *overrides]
+
+
+def test_sigkill_then_resume_from_last_checkpoint(tmp_path, tiny_dir, small_lexicons):
+    run_dir = tmp_path / "run"
+    cmd = _cli(tmp_path, tiny_dir, small_lexicons, f"hydra.run.dir={run_dir}", "trainer.max_steps=40",
+               "trainer.max_epochs=-1", "callbacks.every_n_train_steps=1", "logger=csv")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists() and torch.load(last, weights_only=True)["global_step"] >= 3:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(last, weights_only=True)["global_step"]  # the last checkpoint is intact and loadable
+    assert 3 <= killed_at < 40
+    res = subprocess.run(cmd + ["ckpt_path=last"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 40
+
+
+def test_multirun_sweep_writes_summary_table(tmp_path, tiny_dir, small_lexicons):
+    sweep = tmp_path / "sweep"
+    cmd = _cli(tmp_path, tiny_dir, small_lexicons, "-m", "lora.r=2,4", "loss.temperature=0.05,0.1",
+               f"hydra.sweep.dir={sweep}", "trainer.max_steps=2", "logger=none", "trainer.limit_val_batches=1")
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    import csv
+
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert len(rows) == 4
+    assert sorted((r["lora.r"], r["loss.temperature"]) for r in rows) == [
+        ("2", "0.05"), ("2", "0.1"), ("4", "0.05"), ("4", "0.1")]
+    best = [r for r in rows if r["best"] == "*"]
+    assert len(best) == 1 and float(best[0]["objective"]) == max(float(r["objective"]) for r in rows)
+    assert "val/mrr@32" in (sweep / "sweep_summary.md").read_text()
+
+
+def test_wandb_offline_run_files(train_cfg, tmp_path):
+    train_job(train_cfg("logger=wandb", "logger.offline=true", "trainer.max_steps=2", "trainer.limit_val_batches=1"))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    summary = json.loads((runs[0] / "files" / "wandb-summary.json").read_text())
+    assert "val/mrr@32" in summary and "train/loss" in summary
+    assert "target_layer" in (runs[0] / "files" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("experiment,loss", [("paper", "triplet"), ("tli", "infonce")])
+def test_experiments_compose_and_run_a_step(train_cfg, experiment, loss):
+    cfg = train_cfg(f"experiment={experiment}", "debug=fdr")
+    assert cfg["loss"]["name"] == loss
+    result = train_job(cfg)
+    assert result["global_step"] == 1 and result["settings"]["loss"]["name"] == loss
+
+
+def test_datamodule_never_serves_control_pairs(train_cfg, tiny_nf4):
+    cfg = train_cfg()
+    dm = PairDataModule(cfg["data"], tiny_nf4[1], batch_size=8, val_fraction=0.25)
+    dm.setup("fit")
+    control = {(p.source, p.target) for p in dm.lexicons.control.pairs}
+    served = {(p.source, p.target) for p in dm.lexicons.train.pairs}
+    assert control and not control & served
