@@ -85,16 +85,20 @@ class ResumableLoader(DataLoader):
     batch, so the loader's own count would be one ahead). On resume the first batches of that epoch are skipped.
     """
 
-    def __init__(self, *args, progress: Callable[[], int], **kwargs):
+    def __init__(self, *args, progress: Callable[[], int], epoch: Callable[[], int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._progress = progress
+        self._progress, self._epoch = progress, epoch
         self._resume: dict | None = None
 
     def __iter__(self):
         sampler: UniqueBatchSampler = self.batch_sampler
         skip = 0
-        if self._resume is not None and self._resume["epoch"] == sampler.epoch:
+        if self._resume is not None:
+            sampler.set_epoch(self._resume["epoch"])
             skip = self._resume["processed"]
+        elif self._epoch is not None:
+            # Lightning calls set_epoch only on `loader.sampler` / `batch_sampler.sampler`: take it from the trainer.
+            sampler.set_epoch(self._epoch())
         self._resume = None
         it = super().__iter__()
         for _ in range(min(skip, len(sampler))):
@@ -105,8 +109,12 @@ class ResumableLoader(DataLoader):
         return {"epoch": self.batch_sampler.epoch, "processed": int(self._progress())}
 
     def load_state_dict(self, state: dict) -> None:
-        self._resume = dict(state)
-        self.batch_sampler.set_epoch(state["epoch"])
+        epoch, processed = state["epoch"], state["processed"]
+        if processed >= len(self.batch_sampler.plan(epoch)):  # saved at the end of an epoch: the next one is whole
+            epoch, processed = epoch + 1, 0
+        # Lightning iterates the loader once before it calls set_epoch on a resumed run: set the epoch here.
+        self.batch_sampler.set_epoch(epoch)
+        self._resume = {"epoch": epoch, "processed": processed}
 
 
 class PairCollator:
@@ -175,14 +183,24 @@ class PairDataModule(L.LightningDataModule):
         trainer = self.trainer
         return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
 
+    def _generator(self) -> torch.Generator:
+        # Each DataLoader iterator draws a seed from its generator; from the global one it would shift the RNG
+        # stream (LoRA dropout) between a straight run and a resumed one.
+        return torch.Generator().manual_seed(self.seed)
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
     def train_dataloader(self) -> DataLoader:
         sampler = UniqueBatchSampler(self.train_set.src_ids, self.train_set.tgt_ids, self.batch_size, self.seed)
         return ResumableLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collator,
-                               num_workers=self.num_workers, progress=self._processed)
+                               num_workers=self.num_workers, progress=self._processed, epoch=self._current_epoch,
+                               generator=self._generator())
 
     def val_dataloader(self) -> DataLoader:
         if len(self.val_set) == 0:
             return []
         sampler = UniqueBatchSampler(self.val_set.src_ids, self.val_set.tgt_ids, self.batch_size, self.seed,
                                      shuffle=False)
-        return DataLoader(self.val_set, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers)
+        return DataLoader(self.val_set, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers,
+                          generator=self._generator())

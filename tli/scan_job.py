@@ -12,7 +12,7 @@ from tli.config import lexicon_info, load_lexicons, model_spec, pooling_spec
 from tli.io import atomic_write_json
 from tli.modeling import load_config, load_model, num_layers
 from tli.plots import plot_layer_curves
-from tli.scan import ScanSettings, check_layers, recommend, run_scan
+from tli.scan import ScanError, ScanSettings, check_layers, recommend, run_scan
 from tli.tables import print_table, write_csv
 from tli.tracking import init_wandb
 
@@ -38,6 +38,10 @@ def scan_job(cfg: dict) -> dict:
         csls_k=scan_cfg["csls_k"], n_boot=scan_cfg["n_boot"], seed=cfg["seed"], criterion=scan_cfg["criterion"],
         criterion_split=scan_cfg["criterion_split"],
     )
+    split_names = ["train"] + (["control"] if lexicons.control is not None else [])
+    if settings.criterion_split not in split_names:  # else it would only fail after the whole scan
+        raise ScanError(f"scan.criterion_split={settings.criterion_split!r} is not a scanned split; "
+                        f"choose one of {', '.join(split_names)}")
     adapter = cfg.get("adapter")
     if adapter:
         check_base_model(read_sidecar(adapter), spec, adapter)

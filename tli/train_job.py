@@ -114,9 +114,15 @@ def resolve_ckpt_path(ckpt_path, ckpt_dir: Path):
 
 def build_trainer(cfg: dict, out: Path, monitor: str, logger, extra_callbacks=()) -> L.Trainer:
     cb = cfg["callbacks"]
-    callbacks = [ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best-step{step:06d}",
-                                 monitor=monitor, mode="max", save_top_k=1, save_last=True,
-                                 every_n_train_steps=cb.get("every_n_train_steps"), auto_insert_metric_name=False)]
+    ckpt_dir = str(out / "checkpoints")
+    callbacks = [
+        # The best checkpoint by the objective (needs a validation to have run) ...
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best-step{step:06d}", monitor=monitor, mode="max", save_top_k=1,
+                        auto_insert_metric_name=False),
+        # ... and last.ckpt, written at every validation and every N steps regardless of metrics (for resume).
+        ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
+                        every_n_train_steps=cb.get("every_n_train_steps")),
+    ]
     if cb.get("lr_monitor") and logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if cb.get("rich_progress_bar"):
