@@ -4,7 +4,8 @@ What it measures, in one run on the same model and the same translation pairs:
 
 - ours: the real scan path, `tli.embed.embed_words` on every source and target word (batched: one forward pass per
   batch yields the pooled vectors at all hidden-state indices 0..L), then the per-layer mean gold-pair cosine. A second,
-  labelled row times `tli.scan.run_scan` with all its metrics (bootstrap CI, baseline, retrieval, CSLS) for reference.
+  labelled row times `tli.scan.run_scan` with all its metrics (bootstrap CI, mismatched-pair baseline, retrieval,
+  CSLS) for reference.
 - baseline: the pilot's loop, written out below: for each layer, for each pair, for each of its two words, tokenise
   the word alone, run a full forward pass with `output_hidden_states=True` (batch of 1, no padding), mean-pool the
   word's tokens at that layer (BOS excluded, the same pooling as ours), L2-normalise, take the cosine with the
@@ -21,7 +22,8 @@ runs). Both are preceded by an untimed warm-up forward pass and run under `torch
 thread count.
 
 Run (CPU, the embedded tiny 32-block Llama in 4-bit NF4, all 648 pairs of the bundled Swahili-English training
-lexicon; about 1-3 minutes on 2 cores):
+lexicon; about 1.5 minutes on 2 idle cores, the baseline's two layers taking most of it. On a machine whose cores
+other processes keep busy, torch's threads wait on each other and both methods can run several times slower):
 
     python benchmarks/scan.py
     python benchmarks/scan.py --layers 16 --pairs 600 --quantization none
