@@ -228,10 +228,6 @@ def test_scan_is_deterministic_for_a_fixed_seed(tmp_path, tiny_dir, lex, subset)
     assert _without_timestamps(summary1) == _without_timestamps(summary2)
     on_disk = [json.loads((d / "summary.json").read_text(encoding="utf-8")) for d in (dir1, dir2)]
     assert _without_timestamps(on_disk[0]) == _without_timestamps(on_disk[1]) == _without_timestamps(summary2)
-    # and the seed matters (the bootstrap CI is drawn from it): the check above could fail
-    _, dir3 = _scan(tmp_path / "seed1", tiny_dir, lex, "scan.layers=[0,1]", "seed=1")
-    ci = {(r["split"], r["layer"]): (r["cosine_ci_low"], r["cosine_ci_high"]) for r in _rows(dir3)}
-    assert ci != {k: (r["cosine_ci_low"], r["cosine_ci_high"]) for k in ci for r in [_row(subset[2], *k)]}
 
 
 def test_bos_inclusive_pooling_raises_the_early_baseline(tmp_path, tiny_dir, lex, full):
@@ -239,9 +235,9 @@ def test_bos_inclusive_pooling_raises_the_early_baseline(tmp_path, tiny_dir, lex
     mean_all = _rows(scan_dir)
     for split in ("train", "control"):
         for layer in (1, 2, 3):
-            # measured: mean_all 0.994-0.998 (every word is dominated by the huge BOS state), mean 0.39-0.60
-            assert _row(mean_all, split, layer)["baseline_cosine"] > 0.95, (split, layer)
-            assert _row(full[2], split, layer)["baseline_cosine"] < 0.75, (split, layer)
+            # measured: mean_all 0.994-0.998 (every word is dominated by the huge BOS state), mean 0.39-0.58
+            high, low = _row(mean_all, split, layer)["baseline_cosine"], _row(full[2], split, layer)["baseline_cosine"]
+            assert high > 0.95 and low < 0.7 and high - low > 0.3, (split, layer, high, low)
             assert abs(_row(mean_all, split, layer)["margin"]) < 0.01  # the raw cosine is nearly all shift
     assert json.loads((scan_dir / "summary.json").read_text(encoding="utf-8"))["settings"]["pooling"] == "mean_all"
 
@@ -279,14 +275,20 @@ def test_summary_recommendation_settings_and_files(full, tiny_dir, lex):
     assert not [p for p in scan_dir.iterdir() if p.name.startswith(".")]  # no temp files left behind
 
 
-def test_criterion_option_changes_the_recommendation_column(tmp_path, tiny_dir, lex, full):
-    summary, _ = _scan(tmp_path, tiny_dir, lex, "scan.criterion=mrr", "scan.criterion_split=control",
-                       "scan.layers=[0,1,2,3,4,5,6]")
+def test_criterion_and_seed_options(tmp_path, tiny_dir, lex, full):
+    summary, scan_dir = _scan(tmp_path, tiny_dir, lex, "scan.criterion=mrr", "scan.criterion_split=control",
+                              "scan.layers=[0,1,2,3,4,5,6]", "seed=1")
     rec = summary["base"]
     control = [r for r in full[2] if r["split"] == "control" and 1 <= r["layer"] <= 6]
     best = max(r["mrr"] for r in control)
     assert rec["criterion"] == "mrr" and rec["criterion_split"] == "control"
     assert rec["recommended_layer"] == min(r["layer"] for r in control if r["mrr"] == best)
+    # the seed drives the bootstrap CI (so the determinism test could fail); the point estimates do not move
+    rows = _rows(scan_dir)
+    assert [r["cosine"] for r in rows] == [_row(full[2], r["split"], r["layer"])["cosine"] for r in rows]
+    ci = [(r["cosine_ci_low"], r["cosine_ci_high"]) for r in rows]
+    seed0 = [_row(full[2], r["split"], r["layer"]) for r in rows]
+    assert ci != [(r["cosine_ci_low"], r["cosine_ci_high"]) for r in seed0]
 
 
 @pytest.fixture

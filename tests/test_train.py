@@ -194,7 +194,8 @@ def test_sigkill_then_resume_from_last_checkpoint(tmp_path, tiny_dir, small_lexi
 def test_multirun_sweep_writes_summary_table(tmp_path, tiny_dir, small_lexicons):
     sweep = tmp_path / "sweep"
     cmd = _cli(tmp_path, tiny_dir, small_lexicons, "lora.r=2,4", "loss.temperature=0.05,0.1",
-               f"hydra.sweep.dir={sweep}", "trainer.limit_train_batches=2", "logger=none", "trainer.limit_val_batches=1",
+               f"hydra.sweep.dir={sweep}", "trainer.limit_train_batches=2", "logger=none",
+               "trainer.limit_val_batches=1",
                multirun=True)
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert res.returncode == 0, res.stderr[-3000:]

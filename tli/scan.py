@@ -47,8 +47,8 @@ def check_layers(layers, n_layers: int) -> tuple[int, ...] | None:
     """Validate requested hidden-state indices against 0..L."""
     if layers is None:
         return None
-    layers = tuple(int(j) for j in layers)
-    bad = [j for j in layers if not 0 <= j <= n_layers]
+    layers = tuple(layers)
+    bad = [j for j in layers if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j <= n_layers]
     if bad or not layers:
         raise ScanError(f"layers={list(layers)}: {bad or 'empty'}; valid hidden-state indices are 0..{n_layers}")
     return tuple(sorted(set(layers)))
