@@ -43,7 +43,16 @@ def write_summary(sweep_dir: str | Path) -> list[dict]:
     return rows
 
 
-class SweepSummary:
+class _HydraCallback:
+    """Hydra calls every hook (on_run_start, on_job_end, ...) on each callback: the ones not defined do nothing."""
+
+    def __getattr__(self, name):
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+
+class SweepSummary(_HydraCallback):
     """Hydra callback (hydra.callbacks.sweep_summary): writes the table when a multirun ends."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
@@ -51,7 +60,28 @@ class SweepSummary:
         if rows:
             print(f"sweep summary: {Path(config.hydra.sweep.dir) / 'sweep_summary.md'} ({len(rows)} jobs)")
 
-    def __getattr__(self, name):  # Hydra calls the other hooks too: nothing to do there
-        if name.startswith("on_"):
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
+
+class SeedReport(_HydraCallback):
+    """Hydra callback (multiseed=...): after the seeds' jobs, evaluate all their adapters on one base model and write
+    the report across seeds into <sweep dir>/eval/ (mean and standard deviation, trained vs control)."""
+
+    def __init__(self, layers=None, n_boot: int = 10000):
+        self.layers, self.n_boot = layers, n_boot
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        from omegaconf import OmegaConf
+
+        from tli.evaluate_job import evaluate_job
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = sorted((p.parent.parent for p in sweep_dir.glob("*/adapter/tli_adapter.json")),
+                      key=lambda p: (len(p.name), p.name))
+        if not jobs:
+            print(f"seed report: no adapters under {sweep_dir}")
+            return
+        cfg = {"model": OmegaConf.to_container(config.model, resolve=True),
+               "data": OmegaConf.to_container(config.data, resolve=True), "seed": 0, "logger": {"type": "none"},
+               "paths": {"output_dir": str(sweep_dir)}, "adapter": [str(j / "adapter") for j in jobs],
+               "eval": {"layers": self.layers, "batch_size": 64, "n_boot": self.n_boot}}
+        evaluate_job(cfg)
+        print(f"seed report: {sweep_dir / 'eval' / 'report.md'} ({len(jobs)} runs)")
