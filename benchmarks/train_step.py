@@ -20,6 +20,7 @@ import platform  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import warnings  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -51,10 +52,11 @@ def step(module: TLIModule, batch: dict) -> float:
 
 
 def main() -> None:
+    warnings.filterwarnings("ignore")  # self.log() outside a Trainer, deprecations: noise for a benchmark
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target-layer", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--quantization", default="nf4")
     args = parser.parse_args()
 
