@@ -119,3 +119,12 @@ def test_bad_input(trained, tmp_path, tiny_dir, small_lexicons, caplog):
                               "eval.layers=[32]"))
     trained_hash = sidecar["lexicons"]["train"]["sha256"][:12]
     assert any(trained_hash in r.message and "differs" in r.message for r in caplog.records)
+
+
+def test_wandb_offline_gets_the_report(trained, tmp_path, tiny_dir, small_lexicons):
+    evaluate_job(eval_cfg(tmp_path, tiny_dir, small_lexicons, f"adapter={trained[0]}", "logger=wandb",
+                          "logger.offline=true", "eval.layers=[32]"))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    assert len(list(runs[0].glob("files/media/images/**/*.png"))) == 2  # per-layer curves and the scatter plot
+    assert list(runs[0].glob("files/media/table/**/*.table.json"))  # the statistics table

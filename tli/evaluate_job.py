@@ -125,7 +125,13 @@ def _log_wandb(cfg: dict, summary: dict, out: Path) -> None:
         flat = {f"eval/{split}/{k}@{layer}": v for r in summary["runs"].values() for split in ("train", "control")
                 for layer, stats in r.get(split, {}).items() for k, v in stats.items() if isinstance(v, (int, float))}
         run.summary.update(flat)
-        run.log({"eval/report": wandb.Html((out / "report.md").read_text()),
+        rows = [{"run": name, "split": split, "layer": int(layer), **{k: v for k, v in stats.items()
+                                                                      if isinstance(v, (int, float))}}
+                for name, r in summary["runs"].items() for split in ("train", "control")
+                for layer, stats in r.get(split, {}).items()]
+        columns = sorted({k for row in rows for k in row}, key=lambda k: (k not in ("run", "split", "layer"), k))
+        run.log({"eval/table": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows]),
+                 "eval/report": wandb.Html("<pre>" + (out / "report.md").read_text() + "</pre>"),
                  "eval/layers": wandb.Image(str(out / "layers.png")),
                  "eval/scatter": wandb.Image(str(out / "scatter.png"))})
     finally:
