@@ -37,7 +37,8 @@ def write_summary(sweep_dir: str | Path) -> list[dict]:
         r["best"] = "*" if r is best else ""
     sweep_dir = Path(sweep_dir)
     write_csv(rows, sweep_dir / "sweep_summary.csv", ["best", "job", "overrides", "objective_name", "objective"])
-    columns = ["best", "job", "overrides", "objective"] + [c for c in rows[0] if c.startswith("val/")]
+    metric_columns = sorted({c for r in rows for c in r if c.startswith("val/")})  # jobs may differ in layer k
+    columns = ["best", "job", "overrides", "objective"] + metric_columns
     text = f"# Sweep summary: {sweep_dir}\n\nObjective: {rows[0]['objective_name']} (higher is better; * = best)\n\n"
     atomic_write_text(sweep_dir / "sweep_summary.md", text + markdown_table(rows, columns) + "\n")
     return rows
