@@ -39,36 +39,60 @@ class UniqueBatchSampler(Sampler[list[int]]):
 
     A pair that would repeat a string in the current batch waits for the next one; the plan for an epoch is
     deterministic, so a resumed run sees the same batches.
+
+    Data parallel (`num_replicas` W > 1): `batch_size` is per process. The sampler plans GLOBAL batches of
+    `batch_size * W` pairs exactly as one process with that batch size would (same seed, same epoch order), and
+    process `rank` gets the rank-th contiguous slice of each (sizes differ by at most one when a global batch is not
+    a multiple of W). A global batch of fewer than W pairs (in practice one of the epoch's last, leftover batches)
+    would leave a process without a pair: it is dropped on every process, so all processes serve the same number
+    of batches and the union of their i-th batches is the i-th batch of the single-process plan without those.
     """
 
-    def __init__(self, src_ids: list[int], tgt_ids: list[int], batch_size: int, seed: int, shuffle: bool = True):
+    def __init__(self, src_ids: list[int], tgt_ids: list[int], batch_size: int, seed: int, shuffle: bool = True,
+                 num_replicas: int = 1, rank: int = 0):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank} must be in [0, num_replicas={num_replicas})")
         self.src_ids, self.tgt_ids, self.batch_size = src_ids, tgt_ids, batch_size
         self.seed, self.shuffle, self.epoch = seed, shuffle, 0
+        self.num_replicas, self.rank = num_replicas, rank
         self._plans: dict[int, list[list[int]]] = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def global_plan(self, epoch: int | None = None) -> list[list[int]]:
+        """The epoch's batches of `batch_size * num_replicas` pairs over all processes (those of >= W pairs)."""
+        epoch = self.epoch if epoch is None else epoch
+        order = list(range(len(self.src_ids)))
+        if self.shuffle:
+            random.Random(self.seed + epoch).shuffle(order)
+        size = self.batch_size * self.num_replicas
+        batches, pending = [], order
+        while pending:
+            batch, srcs, tgts, rest = [], set(), set(), []
+            for i in pending:
+                s, t = self.src_ids[i], self.tgt_ids[i]
+                if len(batch) < size and s not in srcs and t not in tgts:
+                    batch.append(i)
+                    srcs.add(s)
+                    tgts.add(t)
+                else:
+                    rest.append(i)
+            batches.append(batch)
+            pending = rest
+        return [b for b in batches if len(b) >= self.num_replicas]
+
     def plan(self, epoch: int | None = None) -> list[list[int]]:
+        """This process's batches for the epoch: its slice of every global batch."""
         epoch = self.epoch if epoch is None else epoch
         if epoch not in self._plans:
-            order = list(range(len(self.src_ids)))
-            if self.shuffle:
-                random.Random(self.seed + epoch).shuffle(order)
-            batches, pending = [], order
-            while pending:
-                batch, srcs, tgts, rest = [], set(), set(), []
-                for i in pending:
-                    s, t = self.src_ids[i], self.tgt_ids[i]
-                    if len(batch) < self.batch_size and s not in srcs and t not in tgts:
-                        batch.append(i)
-                        srcs.add(s)
-                        tgts.add(t)
-                    else:
-                        rest.append(i)
-                batches.append(batch)
-                pending = rest
-            self._plans = {epoch: batches}
+            W, r = self.num_replicas, self.rank
+            local = []
+            for batch in self.global_plan(epoch):
+                base, extra = divmod(len(batch), W)  # the first `extra` processes take one pair more
+                start = r * base + min(r, extra)
+                local.append(batch[start:start + base + (r < extra)])
+            self._plans = {epoch: local}
         return self._plans[epoch]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -83,6 +107,10 @@ class ResumableLoader(DataLoader):
 
     `progress()` returns how many batches of the current epoch the trainer has processed (Lightning prefetches a
     batch, so the loader's own count would be one ahead). On resume the first batches of that epoch are skipped.
+
+    Under DDP each process has its own loader, but the state is the same on all of them: the epoch, and the number
+    of batches processed, which every process advances in lockstep (each local batch is one slice of one global
+    batch). The checkpoint holds rank 0's copy; every process loads it and skips the same global batches.
     """
 
     def __init__(self, *args, progress: Callable[[], int], epoch: Callable[[], int] | None = None, **kwargs):
@@ -153,6 +181,8 @@ class PairDataModule(L.LightningDataModule):
         self.data_cfg, self.tokenizer, self.template = dict(data), tokenizer, template
         self.batch_size, self.val_fraction, self.seed, self.num_workers = batch_size, val_fraction, seed, num_workers
         self.lexicons: AuditResult | None = None
+        self._train_loader: ResumableLoader | None = None
+        self._loader_state: dict | None = None
 
     def prepare_lexicons(self) -> AuditResult:
         """Read and audit the lexicons (the control set is audited for leakage, never trained on)."""
@@ -192,15 +222,41 @@ class PairDataModule(L.LightningDataModule):
         return self.trainer.current_epoch if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
-        sampler = UniqueBatchSampler(self.train_set.src_ids, self.train_set.tgt_ids, self.batch_size, self.seed)
-        return ResumableLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collator,
-                               num_workers=self.num_workers, progress=self._processed, epoch=self._current_epoch,
-                               generator=self._generator())
+        # Data parallel: this process's slice of global batches of batch_size * world_size pairs. Lightning cannot
+        # put a DistributedSampler under a custom batch sampler (the Trainer runs with use_distributed_sampler=False).
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = UniqueBatchSampler(self.train_set.src_ids, self.train_set.tgt_ids, self.batch_size, self.seed,
+                                     num_replicas=replicas, rank=rank)
+        loader = ResumableLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collator,
+                                 num_workers=self.num_workers, progress=self._processed, epoch=self._current_epoch,
+                                 generator=self._generator())
+        if self._loader_state is not None:  # resuming: see state_dict
+            loader.load_state_dict(self._loader_state)
+            self._loader_state = None
+        self._train_loader = loader
+        return loader
+
+    # Lightning saves the loader's state with its loops and loads it back only if the loader is built after the
+    # loops are restored. `trainer.estimated_stepping_batches` (the LR schedule's length, in configure_optimizers)
+    # builds it before that whenever max_epochs is finite, and the state is silently dropped: a mid-epoch resume
+    # would replay the epoch from its first batch (Lightning issue #20550, open in 2.6.6). The data module's own
+    # state is restored before the optimizers are configured, so the loader position is kept here too; loading
+    # the same state twice (where Lightning's restore does work) is harmless.
+    def state_dict(self) -> dict:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._loader_state = state_dict.get("train_loader")
 
     def val_dataloader(self) -> DataLoader:
+        # Not sharded: under DDP every process validates the whole set in global batches (batch_size * world_size),
+        # so the retrieval metrics (each query ranked against all validation targets) and val/loss are exactly those
+        # of one process with the global batch.
         if len(self.val_set) == 0:
             return []
-        sampler = UniqueBatchSampler(self.val_set.src_ids, self.val_set.tgt_ids, self.batch_size, self.seed,
+        replicas = self.trainer.world_size if self.trainer is not None else 1
+        sampler = UniqueBatchSampler(self.val_set.src_ids, self.val_set.tgt_ids, self.batch_size * replicas, self.seed,
                                      shuffle=False)
         return DataLoader(self.val_set, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers,
                           generator=self._generator())

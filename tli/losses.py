@@ -3,7 +3,9 @@
 `src[i]` and `tgt[i]` are a translation pair; every other target in the batch is a negative for `src[i]`, except
 false negatives: a target whose string equals `tgt[i]`, or that is paired with the same source string (another
 correct translation). `src_ids` / `tgt_ids` are integer ids of the strings, so equal ids mean equal words.
-Under DDP, `gather=True` collects the other processes' embeddings as extra negatives (the global batch).
+Under DDP, `gather=True` collects the other processes' embeddings as extra negatives (the global batch), with
+gradients flowing back to the process that computed them (see `InfoNCE.forward` for why the result is exactly the
+single-process gradient over the global batch).
 """
 
 from __future__ import annotations
@@ -23,15 +25,48 @@ def false_negative_mask(src_ids: torch.Tensor, tgt_ids: torch.Tensor) -> torch.T
     return same & ~torch.eye(len(src_ids), dtype=torch.bool, device=src_ids.device)
 
 
-def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """All processes' rows, this process's with gradient: (B, ...) -> (world * B, ...), and this rank's offset."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_sizes(n: int, device: torch.device) -> list[int]:
+    """Every process's row count (rank order); [n] without a process group."""
+    if world_size() == 1:
+        return [n]
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
+    return [int(s.item()) for s in sizes]
+
+
+def gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> tuple[torch.Tensor, int]:
+    """All processes' rows in rank order: (B_r, ...) -> (sum_r B_r, ...), and this rank's offset in it.
+
+    Floating tensors go through the autograd-aware all-gather, whose backward sums every process's gradient for
+    these rows and returns it to the process that owns them; integer tensors (word ids) through a plain all-gather.
+    Processes may hold different row counts (`sizes`, gathered here if not given): rows are padded to the largest
+    count for the collective and the padding dropped again. Without a process group (or with one process) `x` is
+    returned unchanged with offset 0.
+    """
+    world = world_size()
+    if world == 1:
         return x, 0
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.detach().contiguous())
     rank = dist.get_rank()
-    parts[rank] = x
-    return torch.cat(parts), rank * x.shape[0]
+    sizes = gather_sizes(x.shape[0], x.device) if sizes is None else sizes
+    longest = max(sizes)
+    padded = x
+    if x.shape[0] < longest:
+        padded = torch.cat([x, x.new_zeros((longest - x.shape[0], *x.shape[1:]))])
+    padded = padded.contiguous()
+    if x.is_floating_point():
+        # torch 2.13 deprecates torch.distributed.nn.functional.all_gather (FutureWarning) in favour of this one;
+        # both sum the gradients back to the owning rank (verified on gloo; NCCL uses reduce-scatter).
+        from torch.distributed._functional_collectives import all_gather_single
+
+        parts = all_gather_single(padded, 0, dist.group.WORLD).split(longest)  # (world * longest, ...)
+    else:
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)]), sum(sizes[:rank])
 
 
 class InfoNCE(nn.Module):
@@ -61,28 +96,47 @@ class InfoNCE(nn.Module):
         return torch.exp(-scale.clamp(max=self.max_log_scale))
 
     def forward(self, src, tgt, src_ids, tgt_ids):
+        """Scalar loss over this process's B rows; with `gather` (and in train mode) against the global batch.
+
+        DDP exactness. Let G = sum_r B_r be the global batch and l_i the loss of global row i (its negatives are all
+        G targets / sources). Process r returns L_r = (W / G) * sum_{i in r} l_i, which is the plain mean over its
+        rows when all W processes hold B = G / W rows. The gather's backward hands process r the gradient of
+        sum_{r'} L_{r'} with respect to its own embeddings, so its parameter gradient is d(sum_{r'} L_{r'})/d theta
+        through its rows; DDP averages over the W processes, which adds up the contributions of all rows:
+        (1 / W) * d(sum_r L_r)/d theta = d((1 / G) * sum_i l_i)/d theta: the single-process gradient of the mean
+        over the global batch. Likewise the mean of L_r over processes (the logged train/loss with sync_dist) is
+        the global mean. In eval mode nothing is gathered: under DDP every process validates the full set, so the
+        other processes' rows would only be duplicates.
+        """
         src, tgt = F.normalize(src, dim=-1), F.normalize(tgt, dim=-1)  # (B, D)
-        if self.gather:
-            all_src, offset = gather_with_grad(src)
-            all_tgt, _ = gather_with_grad(tgt)
-            all_src_ids, _ = gather_with_grad(src_ids)
-            all_tgt_ids, _ = gather_with_grad(tgt_ids)
+        n_local = src.shape[0]
+        if self.gather and self.training and world_size() > 1:
+            sizes = gather_sizes(n_local, src.device)
+            all_src, offset = gather_with_grad(src, sizes)  # (G, D)
+            all_tgt, _ = gather_with_grad(tgt, sizes)
+            all_src_ids, _ = gather_with_grad(src_ids, sizes)  # (G,)
+            all_tgt_ids, _ = gather_with_grad(tgt_ids, sizes)
+            norm = sum(sizes) / len(sizes)  # G / W
         else:
             all_src, all_tgt, all_src_ids, all_tgt_ids, offset = src, tgt, src_ids, tgt_ids, 0
-        rows = torch.arange(offset, offset + src.shape[0], device=src.device)  # this rank's rows in the global batch
+            norm = n_local
+        rows = torch.arange(offset, offset + n_local, device=src.device)  # this rank's rows in the global batch
         logits = all_src[rows] @ all_tgt.T / self.temperature  # (B, G)
         mask = false_negative_mask(all_src_ids, all_tgt_ids)[rows] if self.mask_false_negatives else None
-        loss = _masked_ce(logits, rows, mask)
+        loss = _masked_ce(logits, rows, mask, norm)
         if self.symmetric:
             logits_t = all_tgt[rows] @ all_src.T / self.temperature  # (B, G)
-            loss = (loss + _masked_ce(logits_t, rows, mask)) / 2
+            loss = (loss + _masked_ce(logits_t, rows, mask, norm)) / 2
         return loss
 
 
-def _masked_ce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _masked_ce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None, norm: float) -> torch.Tensor:
+    """Cross-entropy summed over the rows, divided by `norm` (the row count: the mean; G / W when gathered)."""
     if mask is not None:
         logits = logits.masked_fill(mask, float("-inf"))
-    return F.cross_entropy(logits, labels)
+    if norm == len(labels):
+        return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits, labels, reduction="sum") / norm
 
 
 class BatchHardTriplet(nn.Module):

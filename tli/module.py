@@ -60,11 +60,15 @@ class TLIModule(L.LightningModule):
             self.backbone.enable_input_require_grads()
         self.n_layers = num_layers(base.config)
         self.eval_layers = sorted({self.k, self.n_layers})
+        # Under DDP every process validates the whole set (the val loader is not sharded): no sync on compute, which
+        # would gather every query twice (duplicated candidates change the MRR).
+        local = {"sync_on_compute": False}
         self.val_metrics = nn.ModuleDict({
             f"{name}@{layer}": metric for layer in self.eval_layers
-            for name, metric in (("cosine", MeanMetric()), ("baseline", MeanMetric()),
-                                 ("s2t_p_at_1", RetrievalHitRate(top_k=1)), ("t2s_p_at_1", RetrievalHitRate(top_k=1)),
-                                 ("s2t_mrr", RetrievalMRR()), ("t2s_mrr", RetrievalMRR()))
+            for name, metric in (("cosine", MeanMetric(**local)), ("baseline", MeanMetric(**local)),
+                                 ("s2t_p_at_1", RetrievalHitRate(top_k=1, **local)),
+                                 ("t2s_p_at_1", RetrievalHitRate(top_k=1, **local)),
+                                 ("s2t_mrr", RetrievalMRR(**local)), ("t2s_mrr", RetrievalMRR(**local)))
         }).to(device)
 
     def embed(self, words: dict, layers: list[int]) -> torch.Tensor:
@@ -90,7 +94,8 @@ class TLIModule(L.LightningModule):
                 f"{self.current_epoch}, batch {batch_idx}): training stopped. Checkpoints written before this step "
                 "are intact; lower optim.lr or raise loss.temperature."
             )
-        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        # sync_dist: the mean over processes, which is the global batch's mean loss (see InfoNCE.forward).
+        self.log("train/loss", loss, prog_bar=True, batch_size=B, sync_dist=True)
         if hasattr(self.loss_fn, "temperature"):
             self.log("train/temperature", self.loss_fn.temperature, batch_size=B)
         return loss
@@ -108,7 +113,7 @@ class TLIModule(L.LightningModule):
         vecs = self.embed(batch["words"], self.eval_layers)  # (n_eval, 2B, D), full model
         k_slot = self.eval_layers.index(self.k)
         loss = self.loss_fn(vecs[k_slot, :B], vecs[k_slot, B:], batch["src_ids"], batch["tgt_ids"])
-        self.log("val/loss", loss, batch_size=B)
+        self.log("val/loss", loss, batch_size=B, sync_dist=True)  # the same on every process under DDP
         for slot, layer in enumerate(self.eval_layers):
             self._val.setdefault(layer, []).append((vecs[slot, :B], vecs[slot, B:], batch["src_ids"], batch["tgt_ids"]))
 
@@ -134,7 +139,7 @@ class TLIModule(L.LightningModule):
                 f"val/margin@{layer}": values["cosine"] - values["baseline"],
                 f"val/p_at_1@{layer}": (values["s2t_p_at_1"] + values["t2s_p_at_1"]) / 2,
                 f"val/mrr@{layer}": (values["s2t_mrr"] + values["t2s_mrr"]) / 2,
-            })
+            }, sync_dist=True)  # equal on every process (each saw the whole set); synced so checkpointing agrees
             for name in values:
                 m[f"{name}@{layer}"].reset()
         self._val = {}

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from tli import __version__
 from tli.adapter import save_adapter
@@ -130,9 +131,42 @@ def build_trainer(cfg: dict, out: Path, monitor: str, logger, extra_callbacks=()
     kwargs = dict(cfg["trainer"])
     if kwargs.get("precision") == "auto":
         kwargs["precision"] = "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    # The data module shards training batches itself (UniqueBatchSampler with num_replicas / rank: slices of global
+    # batches without repeated strings); Lightning's DistributedSampler cannot wrap a custom batch sampler, and the
+    # validation set is deliberately not sharded (every process validates all of it).
+    kwargs["use_distributed_sampler"] = False
     return L.Trainer(**kwargs, callbacks=callbacks + list(extra_callbacks), logger=logger,
                      default_root_dir=str(out), plugins=[AtomicCheckpointIO()],
                      enable_progress_bar=bool(cb.get("progress_bar", True)))
+
+
+def _hydra_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:
+        return False
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def check_distributed(trainer: L.Trainer, loss) -> None:
+    """Data-parallel sanity, before any weights load: refuse a script re-launch inside a multirun; warn when the
+    contrastive negatives stay per process."""
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if (isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
+            and not launcher.cluster_environment.creates_processes_externally and _hydra_multirun()):
+        raise TrainConfigError(
+            f"trainer.devices={launcher.num_processes} with strategy {trainer.strategy.__class__.__name__} inside a "
+            "Hydra multirun: Lightning would re-run the whole command (the sweep) in every extra process. Use one "
+            "device per job in sweeps, or a launcher that starts the processes itself (hydra/launcher=submitit_slurm "
+            "with tasks_per_node)."
+        )
+    if trainer.world_size > 1 and not getattr(loss, "gather", False) and rank_zero_only.rank == 0:
+        log.warning("%d processes and loss.gather is off: each process's negatives are only its own batch of "
+                    "data.batch_size pairs (loss.gather=true makes the whole global batch the negative pool)",
+                    trainer.world_size)
 
 
 def train_job(cfg: dict, extra_callbacks=()) -> dict:
@@ -153,6 +187,7 @@ def train_job(cfg: dict, extra_callbacks=()) -> dict:
     logger = make_logger(cfg, out)
     try:
         trainer = build_trainer(cfg, out, monitor, logger, extra_callbacks)
+        check_distributed(trainer, loss)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         ckpt_cb = trainer.checkpoint_callback
