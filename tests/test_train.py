@@ -32,6 +32,8 @@ def test_fast_dev_run_exports_a_peft_adapter(train_cfg, tmp_path, tiny_dir):
     sidecar = json.loads((tmp_path / "adapter" / "tli_adapter.json").read_text())
     assert sidecar["base_model"] == str(tiny_dir) and sidecar["target_layer"] == 2 and sidecar["pooling"] == "mean"
     assert len(sidecar["lexicons"]["train"]["sha256"]) == 64
+    audit = json.loads((tmp_path / "audit.json").read_text())  # the lexicon audit is saved with the run
+    assert audit["train"]["sha256"] == sidecar["lexicons"]["train"]["sha256"]
     # Loadable by plain peft on a plain transformers model.
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), tmp_path / "adapter")
     names = [n for n, _ in model.named_parameters() if "lora_A" in n]

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from tli import __version__
 from tli.adapter import save_adapter
+from tli.audit import write_audit
 from tli.config import lexicon_info, model_spec, pooling_spec
 from tli.data import PairDataModule
 from tli.io import atomic_write_json
@@ -209,6 +210,7 @@ def train_job(cfg: dict, extra_callbacks=()) -> dict:
                 result["objective"] = float(ckpt_cb.best_model_score)
             save_adapter(module.backbone, out / "adapter", {**sidecar, "checkpoint": "best" if best else "last"})
             atomic_write_json(out / "metrics.json", result)
+            write_audit(lexicons, out / "audit.json")
         return result
     finally:
         if cfg.get("logger", {}).get("type") == "wandb":
