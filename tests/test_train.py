@@ -244,3 +244,30 @@ def test_datamodule_never_serves_control_pairs(train_cfg, tiny_nf4):
     control = {(p.source, p.target) for p in dm.lexicons.control.pairs}
     served = {(p.source, p.target) for p in dm.lexicons.train.pairs}
     assert control and not control & served
+
+
+def test_gradient_checkpointing_gives_identical_loss_and_gradients(tiny_spec, tiny_nf4):
+    from tli.embed import collate, tokenize_words
+
+    tok = tiny_nf4[1]
+    words = ["maji", "kitabu", "mwalimu", "water", "book", "teacher"]
+    batch = {"words": collate(tokenize_words(tok, words), tok.pad_token_id),
+             "src_ids": torch.arange(3), "tgt_ids": torch.arange(3)}
+    model_cfg = {"name_or_path": tiny_spec.name_or_path, "quantization": "nf4", "target_layer": 2, "pooling": "mean"}
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # same LoRA init in both modules
+        module = TLIModule(model_cfg, {"r": 4, "alpha": 8, "dropout": 0.0}, InfoNCE(0.1), {"lr": 1e-3},
+                           gradient_checkpointing=checkpointing)
+        module.configure_model()
+        assert module.backbone.get_base_model().is_gradient_checkpointing == checkpointing
+        torch.manual_seed(1)
+        for n, p in module.backbone.named_parameters():
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.2)
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in module.named_parameters() if p.requires_grad}))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for n, g in results[0][1].items():
+        torch.testing.assert_close(g, results[1][1][n], msg=n)
