@@ -11,7 +11,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
-from tli.data import PairDataModule
 from tli.losses import InfoNCE
 from tli.module import NonFiniteLossError, TLIModule
 from tli.train_job import train_job
@@ -235,15 +234,6 @@ def test_experiments_compose_and_run_a_step(train_cfg, experiment, loss):
     assert cfg["loss"]["name"] == loss
     result = train_job(cfg)
     assert result["global_step"] == 1 and result["settings"]["loss"]["name"] == loss
-
-
-def test_datamodule_never_serves_control_pairs(train_cfg, tiny_nf4):
-    cfg = train_cfg()
-    dm = PairDataModule(cfg["data"], tiny_nf4[1], batch_size=8, val_fraction=0.25)
-    dm.setup("fit")
-    control = {(p.source, p.target) for p in dm.lexicons.control.pairs}
-    served = {(p.source, p.target) for p in dm.lexicons.train.pairs}
-    assert control and not control & served
 
 
 def test_gradient_checkpointing_gives_identical_loss_and_gradients(tiny_spec, tiny_nf4):

@@ -18,6 +18,13 @@ def _p(p) -> str:
     return "n/a" if p is None else ("< 1e-4" if p < 1e-4 else f"{p:.4f}")
 
 
+def _per_layer(run: dict):
+    """(split, layer, statistics) for every split and reported layer of one run."""
+    for split in ("train", "control"):
+        for layer, stats in run.get(split, {}).items():
+            yield split, layer, stats
+
+
 def render(summary: dict) -> str:
     s = summary["settings"]
     lines = [
@@ -30,31 +37,28 @@ def render(summary: dict) -> str:
         lines += [f"## {run_name}", "", "### Mean cosine of translation pairs (the paper's table)", "",
                   "| split | layer | n | before | after | delta | delta % | t | p (paired t) | p (Wilcoxon) | "
                   "Cohen's d_z | 95% CI of delta |", "|" + "---|" * 12]
-        for split in ("train", "control"):
-            for layer, r in run.get(split, {}).items():
-                lines.append(
-                    f"| {split} | {layer} | {r['n']} | {_f(r['mean_before'])} | {_f(r['mean_after'])} | "
-                    f"{_f(r['delta'])} | {_f(r['delta_pct'], 2)} | {_f(r['t'], 2)} | {_p(r['p'])} | "
-                    f"{_p(r['wilcoxon_p'])} | {_f(r['cohen_dz'], 2)} | {_f(r['delta_ci_low'])} to "
-                    f"{_f(r['delta_ci_high'])} |")
+        for split, layer, r in _per_layer(run):
+            lines.append(
+                f"| {split} | {layer} | {r['n']} | {_f(r['mean_before'])} | {_f(r['mean_after'])} | "
+                f"{_f(r['delta'])} | {_f(r['delta_pct'], 2)} | {_f(r['t'], 2)} | {_p(r['p'])} | "
+                f"{_p(r['wilcoxon_p'])} | {_f(r['cohen_dz'], 2)} | {_f(r['delta_ci_low'])} to "
+                f"{_f(r['delta_ci_high'])} |")
         lines += ["", "### Against the mismatched-pair baseline, and retrieval", "",
                   "| split | layer | baseline before | baseline after | margin before | margin after | "
                   "P@1 before | P@1 after | MRR before | MRR after |", "|" + "---|" * 10]
-        for split in ("train", "control"):
-            for layer, r in run.get(split, {}).items():
-                lines.append(
-                    f"| {split} | {layer} | {_f(r['baseline_cosine_before'])} | {_f(r['baseline_cosine_after'])} | "
-                    f"{_f(r['margin_before'])} | {_f(r['margin_after'])} | {_f(r['p_at_1_before'])} | "
-                    f"{_f(r['p_at_1_after'])} | {_f(r['mrr_before'])} | {_f(r['mrr_after'])} |")
+        for split, layer, r in _per_layer(run):
+            lines.append(
+                f"| {split} | {layer} | {_f(r['baseline_cosine_before'])} | {_f(r['baseline_cosine_after'])} | "
+                f"{_f(r['margin_before'])} | {_f(r['margin_after'])} | {_f(r['p_at_1_before'])} | "
+                f"{_f(r['p_at_1_after'])} | {_f(r['mrr_before'])} | {_f(r['mrr_after'])} |")
         lines += ["", "### Reading", ""]
-        for split in ("train", "control"):
-            for layer, r in run.get(split, {}).items():
-                shift = r["baseline_cosine_after"] - r["baseline_cosine_before"]
-                lines.append(
-                    f"- {split}, layer {layer}: mean cosine {_f(r['mean_before'])} -> {_f(r['mean_after'])}; the "
-                    f"cosine of unrelated pairs moved by {_f(shift)}, so the margin over them changed by "
-                    f"{_f(r['margin_delta'])}"
-                    + (" (most of the raw gain is a global shift)." if abs(shift) > abs(r["delta"]) / 2 else "."))
+        for split, layer, r in _per_layer(run):
+            shift = r["baseline_cosine_after"] - r["baseline_cosine_before"]
+            lines.append(
+                f"- {split}, layer {layer}: mean cosine {_f(r['mean_before'])} -> {_f(r['mean_after'])}; the "
+                f"cosine of unrelated pairs moved by {_f(shift)}, so the margin over them changed by "
+                f"{_f(r['margin_delta'])}"
+                + (" (most of the raw gain is a global shift)." if abs(shift) > abs(r["delta"]) / 2 else "."))
         for layer, d in run.get("targeted", {}).items():
             lines.append(f"- Targeted? layer {layer}: {d['reading']}.")
         lines.append("")

@@ -9,7 +9,7 @@ from tli import __version__
 from tli.adapter import AdapterError, check_base_model, read_sidecar
 from tli.config import lexicon_info, load_lexicons, model_spec, pooling_spec
 from tli.eval_report import plot_layers, plot_scatter, write_report
-from tli.evaluation import aggregate, evaluate_run, pair_cosine_table, split_embeddings
+from tli.evaluation import aggregate, baseline_curve, evaluate_run, split_embeddings
 from tli.io import atomic_write_json
 from tli.modeling import check_layer, load_config, load_model, num_layers
 from tli.scan_job import INDEXING
@@ -56,8 +56,8 @@ def evaluate_job(cfg: dict) -> dict:
     base, tokenizer = load_model(spec)  # loaded once: every adapter is attached to this one model
     splits = {"train": lexicons.train, **({"control": lexicons.control} if lexicons.control is not None else {})}
     bs = cfg["eval"]["batch_size"]
-    before = {s: split_embeddings(base, tokenizer, lex, pooling, bs, adapter_enabled=False)
-              for s, lex in splits.items()}
+    # "before" on the bare base model; the adapters are attached to the same model afterwards.
+    before = {s: split_embeddings(base, tokenizer, lex, pooling, bs) for s, lex in splits.items()}
     from peft import PeftModel
 
     model, runs, rows, curves, points = None, {}, [], {}, {}
@@ -69,19 +69,18 @@ def evaluate_job(cfg: dict) -> dict:
             model.load_adapter(adapter, adapter_name=name, is_trainable=False)
         model.set_adapter(name)
         model.eval()
-        after = {s: split_embeddings(model, tokenizer, lex, pooling, bs, adapter_enabled=True)
-                 for s, lex in splits.items()}
+        after = {s: split_embeddings(model, tokenizer, lex, pooling, bs) for s, lex in splits.items()}
         runs[name] = evaluate_run(before, after, layers, cfg["eval"]["n_boot"], cfg["seed"])
         runs[name]["adapter"] = adapter
         for split, lex in splits.items():
-            cb, ca = pair_cosine_table(before[split], after[split])  # (n_layers, P)
+            cb, ca = before[split]["pair_cos"], after[split]["pair_cos"]  # (n_layers, P), every index 0..L
             for layer in layers:
                 for p, pair in enumerate(lex.pairs):
                     rows.append({"run": name, "split": split, "source": pair.source, "target": pair.target,
                                  "layer": layer, "cos_before": float(cb[layer, p]), "cos_after": float(ca[layer, p])})
             if i == 0:
                 curves[split] = (list(range(cb.shape[0])), cb.mean(1).tolist(), ca.mean(1).tolist(),
-                                 _baselines(before[split]), _baselines(after[split]))
+                                 baseline_curve(before[split]), baseline_curve(after[split]))
                 points[split] = (cb[n_layers].tolist(), ca[n_layers].tolist())
     summary = {
         "settings": {"model": spec.name_or_path, "revision": spec.revision, "quantization": spec.quantization,
@@ -107,14 +106,6 @@ def evaluate_job(cfg: dict) -> dict:
         _log_wandb(cfg, summary, out)
     print(f"wrote {out}")
     return summary
-
-
-def _baselines(e: dict) -> list[float]:
-    from tli.metrics import mismatched_baseline
-
-    src, tgt = e["src"][e["pair_s"]].transpose(0, 1), e["tgt"][e["pair_t"]].transpose(0, 1)  # (n_layers, P, D)
-    gold = e["gold"][e["pair_s"]][:, e["pair_t"]]  # (P, P)
-    return [float(mismatched_baseline(src[j], tgt[j], gold=gold)) for j in range(src.shape[0])]
 
 
 def _log_wandb(cfg: dict, summary: dict, out: Path) -> None:

@@ -3,40 +3,32 @@ model, peft's adapter toggling), and the statistics a reviewer asks for per spli
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
-import torch
-
 from tli.embed import PoolingSpec, embed_words
 from tli.lexicon import Lexicon
-from tli.metrics import alignment_report, gold_matrix, pair_cosines
+from tli.metrics import alignment_report, gold_matrix, mismatched_baseline, pair_cosines
 from tli.stats import aggregate_runs, difference_in_differences, paired_stats
 
 
-def split_embeddings(model, tokenizer, lexicon: Lexicon, pooling: PoolingSpec, batch_size: int,
-                     adapter_enabled: bool) -> dict:
-    """Unique-word embeddings at every layer for one split, with the adapter on or off."""
+def split_embeddings(model, tokenizer, lexicon: Lexicon, pooling: PoolingSpec, batch_size: int) -> dict:
+    """Unique-word embeddings at every layer for one split, and each pair's cosine at every layer."""
     src_words, tgt_words, gold, pair_s, pair_t = gold_matrix(lexicon.sources, lexicon.targets)
-    toggle = nullcontext() if adapter_enabled or not hasattr(model, "disable_adapter") else model.disable_adapter()
-    with toggle:
-        emb = embed_words(model, tokenizer, src_words + tgt_words, pooling, batch_size=batch_size)
-    n = len(src_words)
-    return {"src": emb.vectors[:n], "tgt": emb.vectors[n:], "gold": gold, "pair_s": pair_s, "pair_t": pair_t,
-            "layers": emb.layers}
+    emb = embed_words(model, tokenizer, src_words + tgt_words, pooling, batch_size=batch_size)
+    src, tgt = emb.vectors[: len(src_words)], emb.vectors[len(src_words):]  # (Ns, n_layers, D), (Nt, n_layers, D)
+    pair_cos = pair_cosines(src[pair_s].transpose(0, 1), tgt[pair_t].transpose(0, 1))  # (n_layers, P)
+    return {"src": src, "tgt": tgt, "gold": gold, "pair_s": pair_s, "pair_t": pair_t, "layers": emb.layers,
+            "pair_cos": pair_cos}
 
 
-def pair_cosine_table(before: dict, after: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pair cosines at every layer: (n_layers, P) before and after."""
-    def cos(e):
-        return pair_cosines(e["src"][e["pair_s"]].transpose(0, 1), e["tgt"][e["pair_t"]].transpose(0, 1))
-
-    return cos(before), cos(after)  # (n_layers, P) each
+def baseline_curve(e: dict) -> list[float]:
+    """Mismatched-pair baseline cosine at every layer of one split's embeddings."""
+    src, tgt = e["src"][e["pair_s"]].transpose(0, 1), e["tgt"][e["pair_t"]].transpose(0, 1)  # (n_layers, P, D)
+    gold = e["gold"][e["pair_s"]][:, e["pair_t"]]  # (P, P)
+    return mismatched_baseline(src, tgt, gold=gold).tolist()
 
 
 def layer_report(before: dict, after: dict, slot: int, n_boot: int, seed: int) -> dict:
     """Everything for one split at one layer: paired statistics plus baseline, margin and retrieval before/after."""
-    cb, ca = pair_cosine_table(before, after)
-    out = paired_stats(cb[slot].numpy(), ca[slot].numpy(), n_boot=n_boot, seed=seed)
+    out = paired_stats(before["pair_cos"][slot].numpy(), after["pair_cos"][slot].numpy(), n_boot=n_boot, seed=seed)
     for tag, e in (("before", before), ("after", after)):
         rep = alignment_report(e["src"][:, slot], e["tgt"][:, slot], e["gold"], e["pair_s"], e["pair_t"],
                                n_boot=200, seed=seed)
@@ -58,10 +50,9 @@ def evaluate_run(before: dict[str, dict], after: dict[str, dict], layers: list[i
         result["targeted"] = {}
         for layer in layers:
             slot = before["train"]["layers"].index(layer)
-            tb, ta = pair_cosine_table(before["train"], after["train"])
-            cb, ca = pair_cosine_table(before["control"], after["control"])
             result["targeted"][str(layer)] = difference_in_differences(
-                tb[slot].numpy(), ta[slot].numpy(), cb[slot].numpy(), ca[slot].numpy(), n_boot=n_boot, seed=seed)
+                *(e[split]["pair_cos"][slot].numpy() for split in ("train", "control") for e in (before, after)),
+                n_boot=n_boot, seed=seed)
     return result
 
 

@@ -9,6 +9,7 @@ loader and RNG state; never the frozen base.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 
 import lightning as L
 import torch
@@ -78,10 +79,8 @@ class TLIModule(L.LightningModule):
 
     def layer_k(self, words: dict) -> torch.Tensor:
         """(B, D) at the target layer, running only blocks 1..k when truncating."""
-        if self.truncate:
-            with truncated(self.backbone, self.k):
-                return self.embed(words, [self.k])[0]
-        return self.embed(words, [self.k])[0]
+        with truncated(self.backbone, self.k) if self.truncate else nullcontext():
+            return self.embed(words, [self.k])[0]
 
     # ---- training --------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from tli.embed import PoolingSpec, embed_words
 from tli.lexicon import Lexicon
 from tli.metrics import alignment_report, gold_matrix
@@ -76,7 +74,6 @@ def scan_split(model, tokenizer, lexicon: Lexicon, split: str, pooling: PoolingS
 def run_scan(model, tokenizer, splits: dict[str, Lexicon], pooling: PoolingSpec, settings: ScanSettings,
              tag: str = "base") -> list[dict]:
     """Rows for every (split, layer). `model` may be a PeftModel (its adapter is whatever is active)."""
-    torch.manual_seed(settings.seed)
     was_training = model.training
     model.eval()
     try:

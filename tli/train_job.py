@@ -58,7 +58,8 @@ def objective_name(cfg: dict, n_layers: int) -> str:
 
 
 def validate(cfg: dict):
-    """Every user-settable value, checked before any weights load. Returns (spec, config, loss)."""
+    """Every user-settable value, checked before any weights load (data.* is checked by PairDataModule, also before
+    the weights load). Returns (spec, pooling, config, loss)."""
     spec, pooling = model_spec(cfg["model"]), pooling_spec(cfg["model"])
     lora = LoraSpec(**cfg["lora"])
     loss = build_loss(cfg["loss"])
@@ -69,8 +70,6 @@ def validate(cfg: dict):
         raise TrainConfigError(f"optim.warmup_steps={optim['warmup_steps']} must be >= 0")
     if optim["scheduler"] not in SCHEDULERS:
         raise TrainConfigError(f"optim.scheduler={optim['scheduler']!r} is not one of {', '.join(SCHEDULERS)}")
-    if cfg["data"]["batch_size"] < 2:
-        raise TrainConfigError(f"data.batch_size={cfg['data']['batch_size']} must be >= 2 (in-batch negatives)")
     _, config = load_config(spec)
     check_layer(config, cfg["model"]["target_layer"], "model.target_layer", low=1)
     lora.block_numbers(cfg["model"]["target_layer"], num_layers(config))
