@@ -1,14 +1,19 @@
 """Before/after report of a trained adapter on trained and control pairs. See conf/evaluate.yaml for the options."""
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from tli.config import register
+
+register()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from tli.evaluate_job import evaluate_job
+    from tli.jobs.common import run_entry
+    from tli.jobs.evaluate import evaluate_job
 
-    evaluate_job(OmegaConf.to_container(cfg, resolve=True))
+    run_entry(evaluate_job, cfg)
 
 
 if __name__ == "__main__":

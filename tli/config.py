@@ -1,41 +1,119 @@
-"""Turn plain config mappings (what Hydra composes, as dicts) into the library's validated settings objects."""
+"""The typed config schema of the three entry points, registered in Hydra's ConfigStore as the base of
+conf/train.yaml, conf/scan.yaml and conf/evaluate.yaml.
+
+Each section is a dataclass owned by the module that uses it (defaults and range checks live there, once); this
+module only assembles them. Hydra type-checks command-line overrides against it; `to_typed` turns a composed config
+into a `TLIConfig`, refusing keys the schema does not know (Hydra lets `+key=value` add any key) and running every
+section's range checks, so a bad setting fails before any weights load.
+
+The three entry points share one schema, so that `experiment=` presets compose with all of them; each job reads the
+sections it needs.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
 
-from tli.audit import AuditResult, audit
-from tli.embed import PoolingSpec
-from tli.lexicon import read_lexicon
-from tli.modeling import ModelSpec
+from omegaconf import MISSING
 
-MODEL_KEYS = ("name_or_path", "revision", "quantization", "dtype", "compute_dtype", "double_quant",
-              "trust_remote_code", "cache_dir")
-
-
-def model_spec(model: Mapping) -> ModelSpec:
-    return ModelSpec(**{k: model[k] for k in MODEL_KEYS if k in model and (model[k] is not None or k == "revision")})
-
-
-def pooling_spec(model: Mapping) -> PoolingSpec:
-    return PoolingSpec(mode=model.get("pooling", "mean"), template=model.get("template", "{word}"))
-
-
-def load_lexicons(data: Mapping, with_control: bool = True) -> AuditResult:
-    """Read the training (and control) lexicon named by `data.*` and audit them with `data.audit` policies."""
-    read = dict(
-        src_field=data["src_field"], tgt_field=data["tgt_field"], fmt=data.get("format", "auto"),
-        clean_glosses=data.get("clean_glosses", False), src_lang=data.get("src_lang"), tgt_lang=data.get("tgt_lang"),
-    )
-    train = read_lexicon(data["train_file"], **read)
-    control = read_lexicon(data["control_file"], **read) if with_control and data.get("control_file") else None
-    return audit(train, control, dict(data.get("audit") or {}))
+from tli.data.config import DataConfig
+from tli.errors import ConfigError
+from tli.eval.evaluation import EvalOptions
+from tli.eval.metrics import MetricOptions
+from tli.eval.scan import ScanOptions
+from tli.jobs.tracking import LoggerConfig
+from tli.model.embed import Probe
+from tli.model.loading import ModelSpec
+from tli.model.lora import LoraSpec
+from tli.training.checkpoints import CallbacksConfig, ObjectiveConfig
+from tli.training.module import TrainOptions
+from tli.training.optim import OptimConfig
 
 
-def lexicon_info(result: AuditResult) -> dict:
-    """File names and hashes for summaries and sidecars."""
-    out = {}
-    for split, lex in (("train", result.train), ("control", result.control)):
-        if lex is not None:
-            out[split] = {"file": str(lex.path), "sha256": lex.sha256, "pairs": len(lex)}
+@dataclass
+class ModelConfig(Probe, ModelSpec):
+    """`model.*`: how to load the model (`ModelSpec`) and where and how to read words out of it (`Probe`)."""
+
+    cache_dir: str = "${paths.cache_dir}"
+
+    def __post_init__(self):
+        self.loading(), self.probe()  # both validate themselves
+
+    def loading(self) -> ModelSpec:
+        return ModelSpec(**{f.name: getattr(self, f.name) for f in fields(ModelSpec)})
+
+    def probe(self) -> Probe:
+        return Probe(**{f.name: getattr(self, f.name) for f in fields(Probe)})
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = "${hydra:runtime.output_dir}"  # the Hydra run directory; tests set it
+    cache_dir: str = "${oc.env:TLI_CACHE_DIR,'~/.cache/tli'}"  # the tiny model and converted GGUF files
+
+
+@dataclass
+class TLIConfig:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = MISSING  # from a data preset (conf/data/)
+    metrics: MetricOptions = field(default_factory=MetricOptions)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # train.py
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    loss: dict[str, Any] = field(default_factory=lambda: {"name": "infonce"})  # checked by tli.training.losses
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainOptions = field(default_factory=TrainOptions)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)  # any Lightning Trainer argument
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    ckpt_path: str | None = None  # a checkpoint file, or `last`
+    evaluate: bool = False  # train.py: evaluate the finished run into <run dir>/eval/ (the adapter/ it kept)
+    # scan.py and evaluate.py
+    adapter: Any = None  # an adapter directory written by train.py, or a list of them (evaluate: several seeds)
+    scan: ScanOptions = field(default_factory=ScanOptions)
+    eval: EvalOptions = field(default_factory=EvalOptions)
+
+
+def register() -> None:
+    """Put the schema into Hydra's ConfigStore (as `tli_schema`); entry points call this before composing."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="tli_schema", node=TLIConfig)
+
+
+def _unknown_keys(node, schema: type, prefix: str) -> list[tuple[str, list[str]]]:
+    """(dotted key, valid keys) for every key under `node` that `schema` (a dataclass) does not define."""
+    from omegaconf import DictConfig
+
+    hints = typing.get_type_hints(schema)
+    out = []
+    for key in node.keys():
+        if key not in hints:
+            out.append((f"{prefix}{key}", sorted(hints)))
+        elif isinstance(node._get_node(key), DictConfig) and is_dataclass(hints[key]):
+            out += _unknown_keys(node._get_node(key), hints[key], f"{prefix}{key}.")
     return out
+
+
+def to_typed(cfg) -> TLIConfig:
+    """A composed DictConfig -> TLIConfig: unknown keys and out-of-range values are a ConfigError."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    unknown = _unknown_keys(cfg, TLIConfig, "")
+    if unknown:
+        key, valid = unknown[0]
+        close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
+        hint = f"did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}?" if close else \
+            f"valid keys here: {', '.join(valid)}"
+        more = f" ({len(unknown) - 1} more unknown key(s))" if len(unknown) > 1 else ""
+        raise ConfigError(f"unknown config key {key}: {hint}{more}")
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(str(err).splitlines()[0]) from err

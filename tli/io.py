@@ -1,29 +1,72 @@
-"""Atomic file writes: a crash never leaves a half-written output behind."""
+"""Atomic file writes: a crash never leaves a half-written output behind, and no temporary file stays."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from tli.errors import RunDirError
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call `write(file)` on a temp file in the target directory, fsync, then rename it over `path`.
+
+    The file gets the permissions a plain `open()` would give (0666 minus the umask), not mkstemp's 0600."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise RunDirError(f"could not write {path} ({err.strerror or err}): is the directory read-only?") from err
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise RunDirError(f"could not write {path} ({err.strerror or err}): is the disk full? Nothing was "
+                              "half-written") from err
+        raise
+    return path
+
+
+def share_like_files(directory: str | os.PathLike, tree: bool = False) -> Path:
+    """Give a directory made by mkdtemp (0700) the permissions a plain mkdir would (0777 minus the umask); with
+    `tree`, also every directory and file below it (files: 0666 minus the umask; libraries that write through their
+    own temp files leave 0600)."""
+    mask = current_umask()
+    os.chmod(directory, 0o777 & ~mask)
+    if tree:
+        for path in Path(directory).rglob("*"):
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+    return Path(directory)
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Remove `.<name>.*.tmp` files that a killed process left behind in `directory` (atomic_write's temp files)."""
+    stale = [p for p in Path(directory).glob(".*.tmp") if p.is_file()] if Path(directory).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to a temp file in the target directory, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -32,3 +75,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def file_sha256(path: Path, index: Path) -> str:
+    """SHA-256 of a file, memoised in `index` (JSON) by (resolved path, size, mtime_ns); a changed file is rehashed."""
+    path, stat = path.resolve(), path.stat()
+    stamp = [stat.st_size, stat.st_mtime_ns]
+    try:
+        entries = json.loads(index.read_text())
+    except (OSError, ValueError):
+        entries = {}
+    if entries.get(str(path), {}).get("stamp") == stamp:
+        return entries[str(path)]["sha256"]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    entries[str(path)] = {"stamp": stamp, "sha256": digest.hexdigest()}
+    # Atomic replace: a concurrent writer may drop another's entry (it is rehashed later) but never corrupts the file.
+    index.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=index.parent, prefix=".index-", delete=False) as tmp:
+        json.dump(entries, tmp, indent=1)
+    os.replace(tmp.name, index)
+    return digest.hexdigest()

@@ -1,3 +1,4 @@
+
 """The embedded tiny model: a Llama-shaped causal LM built locally, so tests and the default run need no download.
 
     python -m tli.tiny OUT_DIR        # writes config, safetensors weights and tokenizer files
@@ -20,6 +21,8 @@ import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
+
+from tli.io import share_like_files
 
 TINY_VERSION = 1  # bump when the architecture or the recipe below changes: it renames the cache entry
 BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
@@ -131,7 +134,7 @@ def ensure_tiny_model(cache_dir: str | os.PathLike) -> Path:
     if (target / "TLI_TINY.json").is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".building-"))
+    tmp = share_like_files(tempfile.mkdtemp(dir=cache_dir, prefix=".building-"))
     try:
         write_tiny_model(tmp)
         try:

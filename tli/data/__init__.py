@@ -1,0 +1,1 @@
+"""Lexicons, their audit, and the LightningDataModule serving translation pairs."""

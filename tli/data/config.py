@@ -1,0 +1,71 @@
+"""`data.*`: which lexicon files a run uses, how to read them, the audit policy and how pairs are batched; and the
+function that reads and audits them (bad files fail here, before any weights load)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tli.data.audit import DEFAULT_POLICY, MAX_WORD_CHARS, AuditResult, audit
+from tli.data.lexicon import read_lexicon
+from tli.errors import ConfigError, DataError
+
+MIN_PAIRS = 2  # a split needs a second pair for retrieval and the mismatched baseline
+
+
+@dataclass
+class AuditPolicy:
+    """`data.audit.<check>`: error | warn | drop | ignore (see tli.data.audit)."""
+
+    duplicate_pair: str = DEFAULT_POLICY["duplicate_pair"]
+    duplicate_source: str = DEFAULT_POLICY["duplicate_source"]
+    duplicate_target: str = DEFAULT_POLICY["duplicate_target"]
+    leaked_pair: str = DEFAULT_POLICY["leaked_pair"]
+    leaked_word: str = DEFAULT_POLICY["leaked_word"]
+    multi_word: str = DEFAULT_POLICY["multi_word"]
+    long_word: str = DEFAULT_POLICY["long_word"]
+
+
+@dataclass
+class DataConfig:
+    """`data.*`; the files and fields come from a data preset (conf/data/) or the command line."""
+
+    train_file: str
+    src_field: str
+    tgt_field: str
+    control_file: str | None = None
+    src_lang: str | None = None  # language names for reports and prompts (default: the field names)
+    tgt_lang: str | None = None
+    format: str = "auto"  # auto (by suffix) | json | jsonl | csv | tsv
+    clean_glosses: bool = False  # "orange (fruit)" -> "orange", "soldier/police officer" -> "soldier"
+    audit: AuditPolicy = field(default_factory=AuditPolicy)
+    max_word_chars: int = MAX_WORD_CHARS  # longer words are a `long_word` audit finding (error by default)
+    batch_size: int = 16  # pairs per training batch and per process (>= 2: in-batch negatives)
+    val_fraction: float = 0.1  # validation pairs carved from the training lexicon by seed
+    num_workers: int = 0
+
+    def __post_init__(self):
+        if self.src_field == self.tgt_field:
+            raise ConfigError(f"data.src_field and data.tgt_field are both {self.src_field!r}: a word would be "
+                              "paired with itself; name the two languages' fields")
+        if self.batch_size < 2:
+            raise ConfigError(f"data.batch_size={self.batch_size} must be >= 2: in-batch negatives need a second pair")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} must be in [0, 1)")
+        if self.max_word_chars < 1:
+            raise ConfigError(f"data.max_word_chars={self.max_word_chars} must be >= 1")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
+
+
+def load_lexicons(data: DataConfig, with_control: bool = True) -> AuditResult:
+    """Read the training (and control) lexicon named by `data` and audit them with its policy."""
+    read = dict(src_field=data.src_field, tgt_field=data.tgt_field, fmt=data.format,
+                clean_glosses=data.clean_glosses, src_lang=data.src_lang, tgt_lang=data.tgt_lang)
+    train = read_lexicon(data.train_file, **read)
+    control = read_lexicon(data.control_file, **read) if with_control and data.control_file else None
+    result = audit(train, control, vars(data.audit), max_word_chars=data.max_word_chars)
+    for split, lex in (("train", result.train), ("control", result.control)):
+        if lex is not None and len(lex) < MIN_PAIRS:
+            raise DataError(f"{lex.path}: the {split} set has {len(lex)} pair(s) after the audit; retrieval and the "
+                            f"mismatched baseline need at least {MIN_PAIRS}")
+    return result

@@ -1,0 +1,304 @@
+"""The LightningDataModule serving translation pairs: audited lexicons, a seeded validation split, words tokenised
+once, batches without repeated strings (no false negatives), and a loader that resumes mid-epoch exactly."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterator
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from tli.data.audit import AuditResult, format_audit
+from tli.data.config import DataConfig, load_lexicons
+from tli.data.lexicon import Lexicon, Pair
+from tli.errors import ConfigError, DataError
+from tli.model.embed import Encoded, collate, tokenize_words
+
+log = logging.getLogger(__name__)
+MIN_VAL_PAIRS = 5  # fewer validation pairs give degenerate retrieval figures (1 pair: MRR 1.0, no baseline)
+NOISY_VAL_PAIRS = 20
+
+
+class PairDataset(Dataset):
+    """Pairs as (pair index, src word id, tgt word id); word ids index the tokenised unique source / target word
+    lists, the pair index is the pair's position in its split (lexicon order)."""
+
+    def __init__(self, pairs: list[Pair], src_index: dict[str, int], tgt_index: dict[str, int]):
+        self.src_ids = [src_index[p.source] for p in pairs]
+        self.tgt_ids = [tgt_index[p.target] for p in pairs]
+
+    def __len__(self) -> int:
+        return len(self.src_ids)
+
+    def __getitem__(self, i: int) -> tuple[int, int, int]:
+        return i, self.src_ids[i], self.tgt_ids[i]
+
+
+class UniqueBatchSampler(Sampler[list[int]]):
+    """Shuffled batches (seeded by seed + epoch) in which no source and no target string appears twice.
+
+    A pair that would repeat a string in the current batch waits for the next one; the plan for an epoch is
+    deterministic, so a resumed run sees the same batches.
+
+    Data parallel (`num_replicas` W > 1): `batch_size` is per process. The sampler plans GLOBAL batches of
+    `batch_size * W` pairs exactly as one process with that batch size would (same seed, same epoch order), and
+    process `rank` gets the rank-th contiguous slice of each (sizes differ by at most one when a global batch is not
+    a multiple of W). A global batch of fewer than W pairs (in practice one of the epoch's last, leftover batches)
+    would leave a process without a pair: it is dropped on every process, so all processes serve the same number
+    of batches and the union of their i-th batches is the i-th batch of the single-process plan without those.
+    """
+
+    def __init__(self, src_ids: list[int], tgt_ids: list[int], batch_size: int, seed: int, shuffle: bool = True,
+                 num_replicas: int = 1, rank: int = 0):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank} must be in [0, num_replicas={num_replicas})")
+        self.src_ids, self.tgt_ids, self.batch_size = src_ids, tgt_ids, batch_size
+        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
+        self.num_replicas, self.rank = num_replicas, rank
+        self._plans: dict[int, list[list[int]]] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_plan(self, epoch: int | None = None) -> list[list[int]]:
+        """The epoch's batches of `batch_size * num_replicas` pairs over all processes (those of >= W pairs).
+
+        One pass over the shuffled pairs: each goes into the oldest open batch that has neither its source nor its
+        target yet, or opens a new one. Batches close when full, so few are open at once (about the largest
+        number of pairs sharing one word): time grows linearly with the lexicon.
+        """
+        epoch = self.epoch if epoch is None else epoch
+        order = list(range(len(self.src_ids)))
+        if self.shuffle:
+            random.Random(self.seed + epoch).shuffle(order)
+        size = self.batch_size * self.num_replicas
+        batches: list[list[int]] = []
+        open_batches: list[tuple[list[int], set, set]] = []  # (pairs, sources, targets), oldest first
+        for i in order:
+            s, t = self.src_ids[i], self.tgt_ids[i]
+            slot = next((b for b in open_batches if s not in b[1] and t not in b[2]), None)
+            if slot is None:
+                slot = ([], set(), set())
+                open_batches.append(slot)
+                batches.append(slot[0])
+            slot[0].append(i)
+            slot[1].add(s)
+            slot[2].add(t)
+            if len(slot[0]) == size:
+                open_batches.remove(slot)
+        return [b for b in batches if len(b) >= self.num_replicas]
+
+    def plan(self, epoch: int | None = None) -> list[list[int]]:
+        """This process's batches for the epoch: its slice of every global batch."""
+        epoch = self.epoch if epoch is None else epoch
+        if epoch not in self._plans:
+            W, r = self.num_replicas, self.rank
+            local = []
+            for batch in self.global_plan(epoch):
+                base, extra = divmod(len(batch), W)  # the first `extra` processes take one pair more
+                start = r * base + min(r, extra)
+                local.append(batch[start:start + base + (r < extra)])
+            self._plans = {epoch: local}
+        return self._plans[epoch]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.plan())
+
+    def __len__(self) -> int:
+        return len(self.plan())
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose state (epoch, batches already trained on) is saved in Lightning checkpoints.
+
+    `progress()` returns how many batches of the current epoch the trainer has processed (Lightning prefetches a
+    batch, so the loader's own count would be one ahead). On resume the first batches of that epoch are skipped.
+
+    Under DDP each process has its own loader, but the state is the same on all of them: the epoch, and the number
+    of batches processed, which every process advances in lockstep (each local batch is one slice of one global
+    batch). The checkpoint holds rank 0's copy; every process loads it and skips the same global batches.
+    """
+
+    def __init__(self, *args, progress: Callable[[], int], epoch: Callable[[], int] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._progress, self._epoch = progress, epoch
+        self._resume: dict | None = None
+
+    def __iter__(self):
+        sampler: UniqueBatchSampler = self.batch_sampler
+        skip = 0
+        if self._resume is not None:
+            sampler.set_epoch(self._resume["epoch"])
+            skip = self._resume["processed"]
+        elif self._epoch is not None:
+            # Lightning calls set_epoch only on `loader.sampler` / `batch_sampler.sampler`: take it from the trainer.
+            sampler.set_epoch(self._epoch())
+        self._resume = None
+        it = super().__iter__()
+        for _ in range(min(skip, len(sampler))):
+            next(it)  # cheap: batches are token-id lookups, no model work
+        return it
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.batch_sampler.epoch, "processed": int(self._progress())}
+
+    def load_state_dict(self, state: dict) -> None:
+        epoch, processed = state["epoch"], state["processed"]
+        if processed >= len(self.batch_sampler.plan(epoch)):  # saved at the end of an epoch: the next one is whole
+            epoch, processed = epoch + 1, 0
+        # Lightning iterates the loader once before it calls set_epoch on a resumed run: set the epoch here.
+        self.batch_sampler.set_epoch(epoch)
+        self._resume = {"epoch": epoch, "processed": processed}
+
+
+class PairCollator:
+    """(pair index, src id, tgt id) items -> one padded batch of the source and target words, plus the ids."""
+
+    def __init__(self, src_encoded: list[Encoded], tgt_encoded: list[Encoded], pad_id: int):
+        self.src_encoded, self.tgt_encoded, self.pad_id = src_encoded, tgt_encoded, pad_id
+
+    def __call__(self, items: list[tuple[int, int, int]]) -> dict:
+        words = [self.src_encoded[s] for _, s, _ in items] + [self.tgt_encoded[t] for _, _, t in items]
+        return {
+            "words": collate(words, self.pad_id),  # (2B, T): sources then targets, one forward pass
+            "pair_idx": torch.tensor([i for i, _, _ in items]),  # (B,)
+            "src_ids": torch.tensor([s for _, s, _ in items]),  # (B,)
+            "tgt_ids": torch.tensor([t for _, _, t in items]),  # (B,)
+        }
+
+
+def split_validation(lexicon: Lexicon, fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Carve a validation split from the training pairs by seed; all pairs of one source word stay together."""
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"data.val_fraction={fraction} must be in [0, 1)")
+    sources = sorted({p.source for p in lexicon.pairs})
+    random.Random(seed).shuffle(sources)
+    val_sources = set(sources[: round(fraction * len(sources))])
+    train = [p for p in lexicon.pairs if p.source not in val_sources]
+    val = [p for p in lexicon.pairs if p.source in val_sources]
+    return train, val
+
+
+class WordCollator:
+    """(side, word id) items -> one padded batch of training words and which of them are source words."""
+
+    def __init__(self, src_encoded: list[Encoded], tgt_encoded: list[Encoded], pad_id: int):
+        self.src_encoded, self.tgt_encoded, self.pad_id = src_encoded, tgt_encoded, pad_id
+
+    def __call__(self, items: list[tuple[bool, int]]) -> dict:
+        words = [(self.src_encoded if is_src else self.tgt_encoded)[i] for is_src, i in items]
+        return {"words": collate(words, self.pad_id), "is_src": torch.tensor([is_src for is_src, _ in items])}
+
+
+class PairDataModule(L.LightningDataModule):
+    """Serves the training pairs (and validation pairs carved from them); with `centring_words`, a second
+    validation loader serves every training word once, for the centring statistics of the validation metrics."""
+
+    def __init__(self, data: DataConfig, tokenizer, template: str = "{word}", seed: int = 0,
+                 centring_words: bool = False):
+        super().__init__()
+        self.data_cfg, self.tokenizer, self.template, self.seed = data, tokenizer, template, seed
+        self.batch_size, self.val_fraction, self.num_workers = data.batch_size, data.val_fraction, data.num_workers
+        self.centring_words = centring_words
+        self.lexicons: AuditResult | None = None
+        self._train_loader: ResumableLoader | None = None
+        self._loader_state: dict | None = None
+
+    def prepare_lexicons(self) -> AuditResult:
+        """Read and audit the lexicons (the control set is audited for leakage, never trained on), and check that
+        the training and validation splits are usable; all before any weights load."""
+        if self.lexicons is None:
+            self.lexicons = load_lexicons(self.data_cfg)
+            print(format_audit(self.lexicons))
+            train, val = split_validation(self.lexicons.train, self.val_fraction, self.seed)
+            where = f"{self.lexicons.train.path} ({len(self.lexicons.train)} pairs) with data.val_fraction=" \
+                    f"{self.val_fraction}"
+            if len(train) < 2:
+                raise DataError(f"{where} leaves {len(train)} training pair(s); in-batch negatives need at least 2")
+            if self.val_fraction > 0 and len(val) < MIN_VAL_PAIRS:
+                raise DataError(f"{where} leaves {len(val)} validation pair(s): validation metrics need at least "
+                                f"{MIN_VAL_PAIRS}; raise data.val_fraction, or set it to 0 to train without "
+                                "validation (the last adapter is kept)")
+            if self.val_fraction > 0 and len(val) < NOISY_VAL_PAIRS:
+                log.warning("validation on %d pairs (%s): its metrics, and the best checkpoint chosen by them, are "
+                            "noisy", len(val), where)
+        return self.lexicons
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_set"):
+            return
+        lex = self.prepare_lexicons()
+        train_pairs, val_pairs = split_validation(lex.train, self.val_fraction, self.seed)
+        self.val_pairs = val_pairs
+        src_words = sorted({p.source for p in lex.train.pairs})
+        tgt_words = sorted({p.target for p in lex.train.pairs})
+        src_index = {w: i for i, w in enumerate(src_words)}
+        tgt_index = {w: i for i, w in enumerate(tgt_words)}
+        src_enc, tgt_enc = (tokenize_words(self.tokenizer, words, self.template) for words in (src_words, tgt_words))
+        self.collator = PairCollator(src_enc, tgt_enc, self.tokenizer.pad_token_id)
+        self.word_collator = WordCollator(src_enc, tgt_enc, self.tokenizer.pad_token_id)
+        self.train_set = PairDataset(train_pairs, src_index, tgt_index)
+        self.val_set = PairDataset(val_pairs, src_index, tgt_index)
+        # the words of the pairs trained on (validation words excluded): what centring statistics may use
+        self.train_words = sorted({(True, src_index[p.source]) for p in train_pairs}
+                                  | {(False, tgt_index[p.target]) for p in train_pairs})
+
+    def _processed(self) -> int:
+        trainer = self.trainer
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
+
+    def _generator(self) -> torch.Generator:
+        # Each DataLoader iterator draws a seed from its generator; from the global one it would shift the RNG
+        # stream (LoRA dropout) between a straight run and a resumed one.
+        return torch.Generator().manual_seed(self.seed)
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def train_dataloader(self) -> DataLoader:
+        # Data parallel: this process's slice of global batches of batch_size * world_size pairs. Lightning cannot
+        # put a DistributedSampler under a custom batch sampler (the Trainer runs with use_distributed_sampler=False).
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = UniqueBatchSampler(self.train_set.src_ids, self.train_set.tgt_ids, self.batch_size, self.seed,
+                                     num_replicas=replicas, rank=rank)
+        loader = ResumableLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collator,
+                                 num_workers=self.num_workers, progress=self._processed, epoch=self._current_epoch,
+                                 generator=self._generator())
+        if self._loader_state is not None:  # resuming: see state_dict
+            loader.load_state_dict(self._loader_state)
+            self._loader_state = None
+        self._train_loader = loader
+        return loader
+
+    # Lightning saves the loader's state with its loops and loads it back only if the loader is built after the
+    # loops are restored. `trainer.estimated_stepping_batches` (the LR schedule's length, in configure_optimizers)
+    # builds it before that whenever max_epochs is finite, and the state is silently dropped: a mid-epoch resume
+    # would replay the epoch from its first batch (Lightning issue #20550, open in 2.6.6). The data module's own
+    # state is restored before the optimizers are configured, so the loader position is kept here too; loading
+    # the same state twice (where Lightning's restore does work) is harmless.
+    def state_dict(self) -> dict:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._loader_state = state_dict.get("train_loader")
+
+    def val_dataloader(self) -> DataLoader:
+        # Not sharded: under DDP every process validates the whole set in global batches (batch_size * world_size),
+        # so the retrieval metrics (each query ranked against all validation targets) and val/loss are exactly those
+        # of one process with the global batch.
+        if len(self.val_set) == 0:
+            return []
+        replicas = self.trainer.world_size if self.trainer is not None else 1
+        sampler = UniqueBatchSampler(self.val_set.src_ids, self.val_set.tgt_ids, self.batch_size * replicas, self.seed,
+                                     shuffle=False)
+        pairs = DataLoader(self.val_set, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers,
+                           generator=self._generator())
+        if not self.centring_words:
+            return pairs
+        words = DataLoader(self.train_words, batch_size=64, shuffle=False, collate_fn=self.word_collator,
+                           num_workers=self.num_workers, generator=self._generator())
+        return [pairs, words]

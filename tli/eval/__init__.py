@@ -1,0 +1,1 @@
+"""Alignment metrics, statistics, the layer scan, before/after evaluation and its reports."""

@@ -1,0 +1,154 @@
+"""Before/after evaluation of an adapter: every split embedded at every layer with the adapter off and on (one base
+model), and per split and reported layer the statistics a reviewer asks for.
+
+For each variant of the vectors (raw; centred, each language's mean over the training words removed, fitted
+separately before and after) it reports every registered metric before and after, and paired tests on three
+per-pair scores (`tli.eval.metrics.PAIR_SCORES`): the paper's raw cosine, the baseline-corrected margin, and the
+pool-size-free reciprocal rank. Trained and control pairs are compared on the same scores (difference in
+differences). The honest null is the centred base model: a change counts as injected alignment that reaches unseen
+words only where the centred after-vectors beat the centred before-vectors on control pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tli.errors import ConfigError
+from tli.eval.metrics import HEADLINE, PAIR_SCORES, MetricOptions, alignment, pair_scores
+from tli.eval.scan import SplitVectors, layer_cells
+from tli.eval.stats import aggregate_runs, difference_in_differences, paired_stats
+
+VARIANTS = ("raw", "centred")
+
+
+@dataclass
+class EvalOptions:
+    """`eval.*`."""
+
+    layers: list[int] | None = None  # hidden-state indices to report (null: the adapter's target layer and the last)
+    batch_size: int = 64
+    n_boot: int = 10000  # bootstrap resamples for confidence intervals
+    # Behaviour (tli.eval.translation): few-shot greedy word translation in both directions, before and after.
+    translation: bool = False
+    shots: int = 5  # demonstrations per prompt, drawn (seed) from the other split: control shots for train words
+    max_new_tokens: int = 8  # generated tokens per answer (generation also stops at the first newline)
+    generation_batch_size: int = 32  # prompts per generate() call (the predictions do not depend on it)
+    # Do no harm (tli.eval.lm_loss): held-out LM loss in data.src_lang and data.tgt_lang, before and after.
+    lm_loss: bool = True
+    heldout_src: str | None = None  # UTF-8 file, one sentence per line (null: the bundled sample of data.src_lang)
+    heldout_tgt: str | None = None  # the same for data.tgt_lang
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size={self.batch_size} must be >= 1")
+        if self.n_boot < 100:
+            raise ConfigError(f"eval.n_boot={self.n_boot} must be >= 100")
+        if self.shots < 1:
+            raise ConfigError(f"eval.shots={self.shots} must be >= 1: the prompt has no instruction, so a base model "
+                              "needs demonstrations to know the task")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"eval.max_new_tokens={self.max_new_tokens} must be >= 1")
+        if self.generation_batch_size < 1:
+            raise ConfigError(f"eval.generation_batch_size={self.generation_batch_size} must be >= 1")
+
+
+def layer_scores(vectors: dict[str, SplitVectors], layers: list[int], options: MetricOptions) -> dict:
+    """variant -> split -> layer -> {"metrics": alignment(...), "pairs": pair_scores(...)} for one model state."""
+    out: dict = {}
+    for variant, split, _, layer, src, tgt in layer_cells(vectors, options.centre, layers):
+        gold = vectors[split].gold
+        out.setdefault(variant, {}).setdefault(split, {})[layer] = {
+            "metrics": alignment(src, tgt, gold, options), "pairs": pair_scores(src, tgt, gold, options)}
+    return out
+
+
+def evaluate_run(before: dict, after: dict, layers: list[int], n_boot: int, seed: int) -> dict:
+    """From `layer_scores` before and after: split -> layer -> variant -> {before, after, paired}; and, with both
+    splits, targeted -> layer -> variant -> score -> difference in differences (trained vs control gains)."""
+    result: dict = {}
+    for variant in before:
+        for split in before[variant]:
+            for layer in layers:
+                b, a = before[variant][split][layer], after[variant][split][layer]
+                result.setdefault(split, {}).setdefault(layer, {})[variant] = {
+                    "before": b["metrics"], "after": a["metrics"],
+                    "paired": {s: paired_stats(b["pairs"][s], a["pairs"][s], n_boot=n_boot, seed=seed)
+                               for s in PAIR_SCORES}}
+        if {"train", "control"} <= set(before[variant]):
+            for layer in layers:
+                result.setdefault("targeted", {}).setdefault(layer, {})[variant] = {
+                    s: difference_in_differences(*(state[variant][split][layer]["pairs"][s]
+                                                   for split in ("train", "control") for state in (before, after)),
+                                                 n_boot=n_boot, seed=seed)
+                    for s in PAIR_SCORES}
+    result["reading"] = {layer: reading(result, layer) for layer in layers}
+    return result
+
+
+def reading(run: dict, layer: int) -> list[str]:
+    """Plain-language lines for one layer: global shift, baseline-corrected change, and the verdict against the
+    centred base model (the honest null) on control pairs."""
+    lines = []
+    for split in ("train", "control"):
+        if split not in run:
+            continue
+        raw = run[split][layer]["raw"]
+        cos, shift = raw["paired"]["cosine"], raw["after"]["baseline_cosine"] - raw["before"]["baseline_cosine"]
+        margin = raw["paired"]["margin"]
+        text = (f"{split}, index {layer}: raw cosine {cos['mean_before']:.4f} -> {cos['mean_after']:.4f}; "
+                f"mismatched pairs moved by {shift:+.4f}; margin {margin['mean_before']:.4f} -> "
+                f"{margin['mean_after']:.4f} ({_p(margin['wilcoxon_p'])})")
+        if cos["delta"] is not None and cos["delta"] > 0 and shift > cos["delta"] / 2:
+            text += ": most of the raw gain is a global shift"
+        elif cos["delta"] is not None and cos["delta"] < 0 < (margin["delta"] or 0):
+            text += ": raw cosine fell while the margin rose (a raw-cosine table would call this a failure)"
+        lines.append(text)
+    if "control" in run:
+        variant = "centred" if "centred" in run["control"][layer] else "raw"
+        rr = run["control"][layer][variant]["paired"]["pool_mrr"]
+        p1 = run["control"][layer][variant]
+        lines.append(
+            f"unseen (control) pairs, index {layer}, {variant} vectors: pool-matched MRR {rr['mean_before']:.4f} -> "
+            f"{rr['mean_after']:.4f} ({_p(rr['wilcoxon_p'])}); pool P@1 {p1['before']['pool_p_at_1']:.4f} -> "
+            f"{p1['after']['pool_p_at_1']:.4f}: " + verdict(rr, variant))
+    for variant, scores in run.get("targeted", {}).get(layer, {}).items():
+        lines.append(f"trained vs control ({variant}, margin): {scores['margin']['reading']}")
+    return lines
+
+
+def verdict(rr: dict, variant: str) -> str:
+    null = "the centred base model" if variant == "centred" else "the base model"
+    p = rr["wilcoxon_p"]
+    if rr["delta"] is None or p is None:
+        return "untestable"
+    if p < 0.05 and rr["delta"] > 0:
+        return f"the adapter beats {null} on words it never saw"
+    if p < 0.05:
+        return f"the adapter is worse than {null} on words it never saw"
+    return f"no detectable gain over {null} on words it never saw"
+
+
+def _p(p) -> str:
+    return "p n/a" if p is None else ("p < 0.001" if p < 0.001 else f"p = {p:.3g}")
+
+
+def aggregate(runs: list[dict], layers: list[int]) -> dict:
+    """Across runs (seeds): split -> layer -> variant -> {metric_after / delta: mean, std, n}; and targeted dids."""
+    out: dict = {}
+    for split in ("train", "control"):
+        if not all(split in r for r in runs):
+            continue
+        for layer in layers:
+            for variant in runs[0][split][layer]:
+                flat = [{**{f"{m}_after": r[split][layer][variant]["after"][m] for m in HEADLINE},
+                         **{f"{m}_delta": r[split][layer][variant]["after"][m] - r[split][layer][variant]["before"][m]
+                            for m in HEADLINE},
+                         **{f"{s}_paired_delta": r[split][layer][variant]["paired"][s]["delta"] for s in PAIR_SCORES}}
+                        for r in runs]
+                out.setdefault(split, {}).setdefault(layer, {})[variant] = aggregate_runs(flat, list(flat[0]))
+    if all("targeted" in r for r in runs):
+        for layer in layers:
+            for variant in runs[0]["targeted"][layer]:
+                flat = [{f"{s}_did": r["targeted"][layer][variant][s]["did"] for s in PAIR_SCORES} for r in runs]
+                out.setdefault("targeted", {}).setdefault(layer, {})[variant] = aggregate_runs(flat, list(flat[0]))
+    return out

@@ -1,0 +1,184 @@
+"""Statistics and the Markdown report section for few-shot translation before/after an adapter.
+
+Input: the rows of `tli.eval.translation.before_after_rows` (one per word, split and direction, with boolean
+`correct_before` / `correct_after`). Per split and direction: accuracy before and after with percentile bootstrap
+CIs, the paired bootstrap CI of the change (words resampled jointly, so before, after and change share one set of
+resamples), and the exact McNemar test: a two-sided binomial test (p = 0.5) of c = wrong->right among the b + c
+discordant words (p = 1 when there are none). The trained-vs-control comparison bootstraps each split independently.
+All results are JSON-friendly dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import binomtest
+
+from tli.eval.stats import aggregate_runs, bootstrap_ci
+
+AGGREGATED = ("accuracy_before", "accuracy_after", "change")
+
+
+def mcnemar_exact(before: Sequence[bool], after: Sequence[bool]) -> dict[str, Any]:
+    """b = right->wrong, c = wrong->right and the exact two-sided McNemar p (binomial test of c in b + c at 0.5)."""
+    bef, aft = np.asarray(before, dtype=bool), np.asarray(after, dtype=bool)  # (n,), (n,)
+    if bef.shape != aft.shape:
+        raise ValueError(f"before and after must have the same length, got {bef.size} and {aft.size}")
+    b, c = int((bef & ~aft).sum()), int((~bef & aft).sum())
+    p = 1.0 if b + c == 0 else float(binomtest(c, b + c, 0.5, alternative="two-sided").pvalue)
+    return {"b": b, "c": c, "p": p}
+
+
+def _flips(rows: Sequence[dict], was: bool) -> list[dict]:
+    keys = ("source", "target", "prediction_before", "prediction_after")
+    return [{k: r[k] for k in keys} for r in rows if r["correct_before"] == was and r["correct_after"] != was]
+
+
+def split_stats(rows: Sequence[dict], *, n_boot: int = 10000, seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
+    """Accuracy before/after with CIs, the change with its paired CI, McNemar, and the flipped words of one cell."""
+    bef = np.array([r["correct_before"] for r in rows], dtype=np.float64)  # (n,)
+    aft = np.array([r["correct_after"] for r in rows], dtype=np.float64)  # (n,)
+    n = int(bef.size)
+    out: dict[str, Any] = {"n": n, "correct_before": int(bef.sum()), "correct_after": int(aft.sum())}
+    for name, v in (("accuracy_before", bef), ("accuracy_after", aft), ("change", aft - bef)):
+        out[name] = float(v.mean()) if n else None
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_ci(v, n_boot=n_boot, seed=seed, alpha=alpha)
+    mc = mcnemar_exact(bef.astype(bool), aft.astype(bool))
+    out.update(mcnemar_b=mc["b"], mcnemar_c=mc["c"], mcnemar_p=mc["p"])
+    out["right_to_wrong"], out["wrong_to_right"] = _flips(rows, True), _flips(rows, False)
+    return out
+
+
+def compare_changes(trained: Sequence[dict], control: Sequence[dict], *, n_boot: int = 10000, seed: int = 0,
+                    alpha: float = 0.05) -> dict[str, Any]:
+    """Does the accuracy change on trained words exceed the change on control words? (difference of changes)
+
+    Each split's words are resampled independently; `exceeds` is True when the whole (1 - alpha) CI of the
+    difference lies above 0. `reading` says the result in words.
+    """
+    d_tr, d_c = ([float(r["correct_after"]) - float(r["correct_before"]) for r in rows] for rows in (trained, control))
+    n_tr, n_c = len(d_tr), len(d_c)
+    if not n_tr or not n_c:
+        raise ValueError(f"both splits need words, got {n_tr} trained and {n_c} control")
+    m_tr, m_c = float(np.mean(d_tr)), float(np.mean(d_c))
+    diff = m_tr - m_c
+    out: dict[str, Any] = {"n_trained": n_tr, "n_control": n_c, "trained_change": m_tr, "control_change": m_c,
+                           "difference": diff, "difference_ci_low": None, "difference_ci_high": None,
+                           "exceeds": False}
+    changes = f"trained words {m_tr:+.3f}, control words {m_c:+.3f}"
+    if n_tr < 2 or n_c < 2:
+        out["reading"] = f"too few words to compare ({n_tr} trained, {n_c} control); accuracy change: {changes}"
+        return out
+    low, high = bootstrap_ci(d_tr, d_c, n_boot=n_boot, alpha=alpha, seed=seed)
+    out["difference_ci_low"], out["difference_ci_high"] = low, high
+    ci = f"difference {diff:+.3f}, {100 * (1 - alpha):g}% CI {low:+.3f} to {high:+.3f}"
+    if low > 0:
+        out["exceeds"] = True
+        verdict = "the change on trained words exceeds the control change: the behavioural effect is targeted"
+    elif high < 0:
+        verdict = "the change on trained words is below the control change: no targeted gain"
+    else:
+        verdict = "the change on trained words does not exceed the control change (not distinguishable)"
+    out["reading"] = f"accuracy change: {changes} ({ci}); {verdict}"
+    return out
+
+
+def summarize_translation(rows: Sequence[dict], *, n_boot: int = 10000, seed: int = 0,
+                          alpha: float = 0.05) -> dict[str, Any]:
+    """`summary.json["translation"]`: {split: {direction: split_stats}} plus, when both the "train" and "control"
+    splits are present, "targeted": {direction: compare_changes}."""
+    cells: dict[str, dict[str, list[dict]]] = {}
+    for r in rows:
+        cells.setdefault(r["split"], {}).setdefault(r["direction"], []).append(r)
+    out: dict[str, Any] = {split: {d: split_stats(rs, n_boot=n_boot, seed=seed, alpha=alpha) for d, rs in by.items()}
+                           for split, by in cells.items()}
+    if "train" in cells and "control" in cells:
+        out["targeted"] = {d: compare_changes(cells["train"][d], cells["control"][d], n_boot=n_boot, seed=seed,
+                                              alpha=alpha)
+                           for d in cells["train"] if d in cells["control"]}
+    return out
+
+
+def aggregate_translation(summaries: Sequence[dict]) -> dict[str, Any]:
+    """Across runs (seeds): {split: {direction: {accuracy_before|accuracy_after|change: {mean, std (ddof=1), n}}}}
+    and "targeted": {direction: {"difference": {...}}}, over the cells every summary has."""
+    if not summaries:
+        return {}
+    out: dict[str, Any] = {}
+    for split in summaries[0]:
+        if split == "targeted" or not all(split in s for s in summaries):
+            continue
+        directions = [d for d in summaries[0][split] if all(d in s[split] for s in summaries)]
+        out[split] = {d: aggregate_runs([s[split][d] for s in summaries], AGGREGATED) for d in directions}
+    if all("targeted" in s for s in summaries):
+        directions = [d for d in summaries[0]["targeted"] if all(d in s["targeted"] for s in summaries)]
+        out["targeted"] = {d: aggregate_runs([s["targeted"][d] for s in summaries], ("difference",))
+                           for d in directions}
+    return out
+
+
+def _acc(s: dict, name: str) -> str:
+    low, high = s[f"{name}_ci_low"], s[f"{name}_ci_high"]
+    sign = "+" if name == "change" else ""
+    ci = "" if low is None else f" [{low:{sign}.3f}, {high:{sign}.3f}]"
+    return "n/a" if s[name] is None else f"{s[name]:{sign}.3f}{ci}"
+
+
+def _words(flips: list[dict], max_words: int) -> str:
+    shown = ", ".join(f"{f['source']} ({f['prediction_before'] or '∅'} → {f['prediction_after'] or '∅'})"
+                      for f in flips[:max_words])
+    rest = len(flips) - max_words
+    return shown + (f", and {rest} more" if rest > 0 else "") if flips else "none"
+
+
+def translation_section(summary: dict, *, aggregate: dict | None = None, max_words: int = 20,
+                        header: str = "## Few-shot word translation") -> str:
+    """Markdown for eval/report.md: accuracy table, trained-vs-control readings, flipped words (and, with
+    `aggregate`, mean ± sd across runs)."""
+    lines = [header, "",
+             "Exact match after normalisation (Unicode NFC, case, surrounding punctuation and spaces, a leading "
+             "English \"the\", \"a\", \"an\" or \"to\"); any listed translation counts. Brackets: 95% percentile "
+             "bootstrap CIs (the change: paired). McNemar: exact binomial test on the discordant words "
+             "(b right → wrong, c wrong → right).", "",
+             "| split | direction | n | accuracy before | accuracy after | change | b | c | McNemar p |",
+             "|---|---|---:|---|---|---|---:|---:|---:|"]
+    cells = [(split, d, s) for split, by in summary.items() if split != "targeted" for d, s in by.items()]
+    for split, d, s in cells:
+        lines.append(f"| {split} | {d} | {s['n']} | {_acc(s, 'accuracy_before')} | {_acc(s, 'accuracy_after')} | "
+                     f"{_acc(s, 'change')} | {s['mcnemar_b']} | {s['mcnemar_c']} | {s['mcnemar_p']:.3g} |")
+    if summary.get("targeted"):
+        lines += ["", "Trained vs control words (difference of accuracy changes, splits resampled independently):", ""]
+        lines += [f"- {d}: {c['reading']}" for d, c in summary["targeted"].items()]
+    lines += ["", "Words that flipped (prediction before → after):", ""]
+    for split, d, s in cells:
+        lines.append(f"- {split}, {d}, right → wrong ({len(s['right_to_wrong'])}): "
+                     f"{_words(s['right_to_wrong'], max_words)}")
+        lines.append(f"- {split}, {d}, wrong → right ({len(s['wrong_to_right'])}): "
+                     f"{_words(s['wrong_to_right'], max_words)}")
+    if aggregate:
+        lines += ["", aggregate_section(aggregate, header="Across runs (mean ± sd, ddof = 1):")]
+    return "\n".join(lines) + "\n"
+
+
+def aggregate_section(aggregate: dict, header: str = "### Few-shot word translation across runs (mean ± sd, ddof = 1)"
+                      ) -> str:
+    """Markdown from `aggregate_translation`: accuracies and changes per split and direction, mean ± sd over runs."""
+    lines = [header, "", "| split | direction | runs | accuracy before | accuracy after | change |",
+             "|---|---|---:|---|---|---|"]
+    for split, by in aggregate.items():
+        if split == "targeted":
+            continue
+        for d, a in by.items():
+            cols = " | ".join(_mean_sd(a[k]) for k in AGGREGATED)
+            lines.append(f"| {split} | {d} | {a['accuracy_after']['n']} | {cols} |")
+    for d, a in (aggregate.get("targeted") or {}).items():
+        lines.append(f"\nTrained minus control change, {d}: {_mean_sd(a['difference'])}")
+    return "\n".join(lines) + "\n"
+
+
+def _mean_sd(a: dict) -> str:
+    if a["mean"] is None:
+        return "n/a"
+    return f"{a['mean']:.3f}" + ("" if a["std"] is None else f" ± {a['std']:.3f}")

@@ -1,0 +1,129 @@
+"""The behavioural half of an evaluation: few-shot word translation and the held-out LM loss ("do no harm") of one
+model state, compared before and after an adapter; the settings, console lines and W&B values they report."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+from tli.errors import ConfigError, DataError
+from tli.eval.evaluation import EvalOptions
+from tli.eval.lm_loss import bundled_heldout, compare_lm_loss, lm_loss, read_sentences
+from tli.eval.translation import (
+    DIRECTIONS,
+    Query,
+    before_after_rows,
+    build_queries,
+    direction_label,
+    evaluate_translation,
+)
+from tli.eval.translation_report import summarize_translation
+
+log = logging.getLogger(__name__)
+
+
+def translation_queries(opts: EvalOptions, splits: dict, seed: int) -> list[Query]:
+    """The few-shot prompts of `eval.translation` (shots drawn with `seed` from the other split), built before any
+    weights load so that impossible settings fail at once."""
+    if "control" not in splits:
+        raise ConfigError("eval.translation=true needs a control lexicon (data.control_file): the shots for the "
+                          "training words are drawn from the control pairs and vice versa")
+    try:
+        return build_queries(splits, k=opts.shots, seed=seed)
+    except ConfigError as err:
+        raise ConfigError(f"eval.shots={opts.shots}: {err}") from err
+
+
+def heldout_samples(opts: EvalOptions, src_lang: str, tgt_lang: str) -> dict[str, dict]:
+    """language -> {"file", "sentences"} for both languages of the pair (`eval.lm_loss`): the file given as
+    `eval.heldout_src` / `eval.heldout_tgt`, else the bundled sample of `data.src_lang` / `data.tgt_lang`."""
+    out = {}
+    for side, lang in (("src", src_lang), ("tgt", tgt_lang)):
+        given = getattr(opts, f"heldout_{side}")
+        path = Path(given).expanduser() if given else bundled_heldout(lang)
+        if path is None:
+            raise DataError(f"no bundled held-out sentences for data.{side}_lang={lang!r} (bundled: English, Korean, "
+                            f"Swahili): give eval.heldout_{side}=PATH (UTF-8, one sentence per line) or set "
+                            "eval.lm_loss=false")
+        if not path.is_file():
+            raise DataError(f"eval.heldout_{side}={given!r}: no such file (UTF-8 text, one sentence per line)")
+        try:
+            out[lang] = {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                         "sentences": read_sentences(path)}
+        except DataError as err:
+            raise DataError(f"eval.heldout_{side}: {err}" if given else str(err)) from err
+    return out
+
+
+def behaviour(model, tokenizer, queries: list[Query], heldout: dict, opts: EvalOptions) -> dict:
+    """What the model does in one state: translation rows (one per query) and held-out LM loss per language."""
+    start = time.perf_counter()
+    rows = evaluate_translation(model, tokenizer, queries, batch_size=opts.generation_batch_size,
+                                max_new_tokens=opts.max_new_tokens) if queries else []
+    mid = time.perf_counter()
+    losses = {lang: lm_loss(model, tokenizer, h["sentences"]) for lang, h in heldout.items()}
+    log.info("translation of %d words: %.1f s; held-out LM loss: %.1f s", len(queries), mid - start,
+             time.perf_counter() - mid)
+    return {"translation": rows, "lm_loss": losses}
+
+
+def compare_behaviour(before: dict, after: dict, n_boot: int, seed: int) -> tuple[dict, list[dict]]:
+    """({"translation": summarize_translation, "lm_loss": {language: compare_lm_loss}} with only the parts that
+    ran, eval/translation.csv rows)."""
+    rows = before_after_rows(before["translation"], after["translation"])
+    out = {}
+    if rows:
+        out["translation"] = summarize_translation(rows, n_boot=n_boot, seed=seed)
+    if before["lm_loss"]:
+        out["lm_loss"] = {lang: compare_lm_loss(b, after["lm_loss"][lang]) for lang, b in before["lm_loss"].items()}
+    return out, rows
+
+
+def behaviour_lines(run: dict) -> list[str]:
+    """Console lines: accuracy before -> after per split and direction, and the do-no-harm verdict per language."""
+    lines = []
+    for split, by in run.get("translation", {}).items():
+        if split == "targeted":
+            continue
+        for direction, st in by.items():
+            lines.append(f"translation, {split}, {direction}: {st['correct_before']}/{st['n']} -> "
+                         f"{st['correct_after']}/{st['n']} correct ({st['accuracy_before']:.3f} -> "
+                         f"{st['accuracy_after']:.3f}; {st['mcnemar_b']} lost, {st['mcnemar_c']} gained, "
+                         f"McNemar p = {st['mcnemar_p']:.3g})")
+    for direction, c in run.get("translation", {}).get("targeted", {}).items():
+        lines.append(f"translation, trained vs control, {direction}: {c['reading']}")
+    for lang, c in run.get("lm_loss", {}).items():
+        lines.append(f"do no harm, {lang}: {c['reading']}")
+    return lines
+
+
+def translation_settings(opts: EvalOptions, queries: list[Query], lexicon, seed: int) -> dict | None:
+    """summary["settings"]["translation"]: the generation settings and the number of words per split and direction."""
+    if not queries:
+        return None
+    counts: dict = {}
+    for q in queries:
+        counts.setdefault(q.split, {}).setdefault(q.direction, 0)
+        counts[q.split][q.direction] += 1
+    return {"shots": opts.shots, "shot_seed": seed, "max_new_tokens": opts.max_new_tokens,
+            "generation_batch_size": opts.generation_batch_size,
+            "directions": {d: direction_label(lexicon, d) for d in DIRECTIONS}, "words": counts}
+
+
+def behaviour_metrics(runs: dict) -> dict:
+    """W&B summary values: eval/translation/<split>/<direction>/<statistic> and eval/lm_loss/<language>/<statistic>
+    (with several runs the run name follows `eval/`)."""
+    out = {}
+    for name, run in runs.items():
+        prefix = "eval/" if len(runs) == 1 else f"eval/{name}/"
+        for split, by in run.get("translation", {}).items():
+            for direction, st in by.items():
+                keys = ("difference",) if split == "targeted" else ("accuracy_before", "accuracy_after", "change",
+                                                                    "mcnemar_p")
+                out.update({f"{prefix}translation/{split}/{direction}/{k}": st[k] for k in keys})
+        for lang, c in run.get("lm_loss", {}).items():
+            out.update({f"{prefix}lm_loss/{lang}/{k}": c[k] for k in ("nll_before", "nll_after", "relative_change",
+                                                                       "rise")})
+    return out

@@ -1,0 +1,245 @@
+"""The evaluation job behind `evaluate.py`: one base model, every adapter attached in turn, paired statistics.
+
+Everything "before" (embeddings, few-shot translation, held-out LM loss) is computed on the bare base model before
+the first adapter is attached; each adapter is then attached to that same model for its "after". eval/summary.json:
+
+    settings                      model, lexicons, layers, ...; "translation": shots, shot_seed, max_new_tokens,
+                                  generation_batch_size, directions, words per split and direction (null when
+                                  eval.translation=false); "lm_loss": {language: file, sha256, sentences} (or null)
+    runs.<run>                    one adapter ("run", or "run0", "run1", ... for several):
+      train | control | targeted  embedding statistics per layer (tli.eval.evaluation.evaluate_run)
+      translation                 {split: {direction: accuracy before/after with CIs, change, McNemar b/c/p, flipped
+                                  words}, "targeted": {direction: trained vs control}} (summarize_translation)
+      lm_loss                     {language: NLL before/after, change, Wilcoxon p, "rise"} (compare_lm_loss)
+    aggregate                     several runs only: mean, std and n across runs of the embedding figures, and of
+                                  "translation" (accuracies, change) and "lm_loss" (NLL, change, runs flagged)
+    translation                   with eval.translation=true: the run's translation section (several runs: {"runs",
+                                  "aggregate"}), the design contract's top-level copy
+
+Directions are labelled "<src_lang>-><tgt_lang>" and back. eval/translation.csv has one row per word, direction and
+split (`tli.eval.translation.CSV_COLUMNS`), with a leading `run` column when several adapters are evaluated.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from tli.data.config import load_lexicons
+from tli.errors import AdapterError
+from tli.eval.evaluation import aggregate, evaluate_run, layer_scores
+from tli.eval.lm_loss import aggregate_lm_loss
+from tli.eval.metrics import mismatched_moments
+from tli.eval.pairs import pair_cosines
+from tli.eval.plots import plot_before_after, plot_scatter
+from tli.eval.report import write_report
+from tli.eval.scan import embed_split
+from tli.eval.tables import print_table, write_csv
+from tli.eval.translation import (
+    CSV_COLUMNS,
+)
+from tli.eval.translation_report import aggregate_translation
+from tli.io import atomic_write_json
+from tli.jobs.behaviour import (
+    behaviour,
+    behaviour_lines,
+    behaviour_metrics,
+    compare_behaviour,
+    heldout_samples,
+    translation_queries,
+    translation_settings,
+)
+from tli.jobs.common import provenance, run_dir_lock
+from tli.jobs.tracking import init_wandb
+from tli.model.adapter import adapter_probe, check_base_model, check_quantization, read_sidecar
+from tli.model.loading import check_layers, load_config, load_model, num_layers
+
+log = logging.getLogger(__name__)
+
+
+def _adapters(adapter) -> list[str]:
+    if not adapter:
+        raise AdapterError("adapter is required: evaluate.py adapter=PATH (or adapter=[RUN1,RUN2] for several seeds)")
+    return [str(a) for a in (adapter if isinstance(adapter, (list, tuple)) else [adapter])]
+
+
+def check_lexicon_hashes(sidecar: dict, info: dict, adapter: str) -> None:
+    """Warn when the lexicons differ from those the adapter was trained on (naming both hashes)."""
+    for split in ("train", "control"):
+        trained = (sidecar.get("lexicons") or {}).get(split)
+        now = info.get(split)
+        if trained and now and trained["sha256"] != now["sha256"]:
+            log.warning("%s lexicon %s (sha256 %s) differs from the one adapter %s was trained with: %s (sha256 %s)",
+                        split, now["file"], now["sha256"][:12], adapter, trained["file"], trained["sha256"][:12])
+
+
+def curves(before: dict, after: dict) -> dict:
+    """Mean pair cosine and mismatched baseline at every index, before and after, per split (for the figure)."""
+    out = {}
+    for split in before:
+        c = {"layers": before[split].layers}
+        for tag, v in (("before", before[split]), ("after", after[split])):
+            ps, pt = v.src[v.gold.src_index], v.tgt[v.gold.tgt_index]  # (P, n_layers, D)
+            c[f"cosine_{tag}"] = pair_cosines(ps, pt).mean(0).tolist()
+            c[f"baseline_{tag}"] = [mismatched_moments(ps[:, j], pt[:, j], v.gold)[0] for j in range(len(v.layers))]
+        out[split] = c
+    return out
+
+
+def evaluate_job(cfg) -> dict:
+    """Evaluate adapters from a typed config (`tli.config.TLIConfig`); returns eval/summary.json's content."""
+    with run_dir_lock(cfg.paths.output_dir):
+        return _evaluate(cfg)
+
+
+def _evaluate(cfg) -> dict:
+    out = Path(cfg.paths.output_dir) / "eval"
+    spec = cfg.model.loading()
+    adapters = _adapters(cfg.adapter)
+    sidecars = [read_sidecar(a) for a in adapters]  # missing or foreign adapters fail before any weights load
+    for a, sc in zip(adapters, sidecars, strict=True):
+        check_base_model(sc, spec, a)
+        check_quantization(sc, spec, a)
+    probe = adapter_probe(sidecars, adapters, cfg.model.probe())
+    lexicons = load_lexicons(cfg.data)
+    info = lexicons.info()
+    for a, sc in zip(adapters, sidecars, strict=True):
+        check_lexicon_hashes(sc, info, a)
+    splits = {"train": lexicons.train, **({"control": lexicons.control} if lexicons.control is not None else {})}
+    queries = translation_queries(cfg.eval, splits, cfg.seed) if cfg.eval.translation else []
+    heldout = heldout_samples(cfg.eval, lexicons.train.src_lang, lexicons.train.tgt_lang) if cfg.eval.lm_loss else {}
+    _, config = load_config(spec)
+    n_layers = num_layers(config)
+    layers = check_layers(cfg.eval.layers or [probe.target_layer, n_layers], n_layers, "eval.layers")
+    base, tokenizer = load_model(spec)  # loaded once: every adapter is attached to this one model
+    bs = cfg.eval.batch_size
+    # "before" on the bare base model; the adapters are attached to the same model afterwards.
+    before = {s: embed_split(base, tokenizer, lex, probe, None, bs) for s, lex in splits.items()}
+    before_scores = layer_scores(before, layers, cfg.metrics)
+    behaviour_before = behaviour(base, tokenizer, queries, heldout, cfg.eval)
+    from peft import PeftModel
+
+    model, runs, rows, translation_rows, figure, points = None, {}, [], [], {}, {}
+    for i, adapter in enumerate(adapters):
+        name = f"run{i}" if len(adapters) > 1 else "run"
+        if model is None:
+            model = PeftModel.from_pretrained(base, adapter, adapter_name=name, is_trainable=False)
+        else:
+            model.load_adapter(adapter, adapter_name=name, is_trainable=False)
+        model.set_adapter(name)
+        model.eval()
+        after = {s: embed_split(model, tokenizer, lex, probe, None, bs) for s, lex in splits.items()}
+        after_scores = layer_scores(after, layers, cfg.metrics)
+        runs[name] = {"adapter": adapter, **evaluate_run(before_scores, after_scores, layers, cfg.eval.n_boot,
+                                                         cfg.seed)}
+        rows += pair_rows(name, splits, before_scores, after_scores, layers)
+        compared, csv_rows = compare_behaviour(behaviour_before, behaviour(model, tokenizer, queries, heldout,
+                                                                           cfg.eval), cfg.eval.n_boot, cfg.seed)
+        runs[name].update(compared)
+        translation_rows += [{"run": name, **r} for r in csv_rows]
+        if i == 0:
+            figure = curves(before, after)
+            points = {s: (before_scores["raw"][s][n_layers]["pairs"]["cosine"].tolist(),
+                          after_scores["raw"][s][n_layers]["pairs"]["cosine"].tolist())
+                      for s in splits} if n_layers in layers else {}
+    summary = {
+        "settings": {**provenance(cfg, lexicons), "pooling": probe.pooling, "template": probe.template,
+                     "adapters": adapters, "target_layer": probe.target_layer, "layers": layers,
+                     "n_boot": cfg.eval.n_boot,
+                     "translation": translation_settings(cfg.eval, queries, lexicons.train, cfg.seed),
+                     "lm_loss": {lang: {"file": h["file"], "sha256": h["sha256"], "sentences": len(h["sentences"])}
+                                 for lang, h in heldout.items()} or None},
+        "runs": runs,
+        "aggregate": aggregate_all(list(runs.values()), layers) if len(runs) > 1 else {},
+    }
+    if queries:  # the design contract's top-level section: the run's, or the runs' and their aggregate
+        summary["translation"] = runs["run"]["translation"] if len(runs) == 1 else {
+            "runs": {n: r["translation"] for n, r in runs.items()}, "aggregate": summary["aggregate"]["translation"]}
+    write_csv(rows, out / "pairs.csv", ["run", "split", "source", "target", "layer", "cos_before", "cos_after"])
+    if queries:  # the contract's columns; a leading `run` column only when several adapters are evaluated
+        columns = ["run", *CSV_COLUMNS] if len(adapters) > 1 else CSV_COLUMNS
+        write_csv([{c: r[c] for c in columns} for r in translation_rows], out / "translation.csv", columns)
+    else:  # a table from an earlier evaluation into the same directory would contradict this summary
+        (out / "translation.csv").unlink(missing_ok=True)
+    atomic_write_json(out / "summary.json", summary)
+    write_report(summary, out / "report.md")
+    title = f"{spec.name_or_path} ({spec.quantization}), pooling={probe.pooling}"
+    plot_before_after(figure, out / "layers.png", title)
+    if points:
+        plot_scatter(points, out / "scatter.png", f"per-pair cosine at index {n_layers}: {title}")
+    for name, run in runs.items():
+        table = [{"split": s, "layer": layer, "vectors": v, "n": st["paired"]["cosine"]["n"],
+                  "cos_before": st["paired"]["cosine"]["mean_before"],
+                  "cos_after": st["paired"]["cosine"]["mean_after"],
+                  "margin_before": st["before"]["margin"], "margin_after": st["after"]["margin"],
+                  "pool_p1_before": st["before"]["pool_p_at_1"], "pool_p1_after": st["after"]["pool_p_at_1"]}
+                 for s in splits for layer, per_variant in run[s].items() for v, st in per_variant.items()]
+        print_table(table, list(table[0]), title=f"{name}: {run['adapter']}")
+        for line in (line for per_layer in run["reading"].values() for line in per_layer):
+            print(f"[{name}] {line}")
+        for line in behaviour_lines(run):
+            print(f"[{name}] {line}")
+    if cfg.logger.type == "wandb":
+        _log_wandb(cfg, summary, out, translation_rows)
+    print(f"wrote {out}")
+    return summary
+
+
+def aggregate_all(runs: list[dict], layers: list[int]) -> dict:
+    """summary["aggregate"]: the embedding figures (`tli.eval.evaluation.aggregate`), plus "translation" and
+    "lm_loss" across runs where they were computed."""
+    out = aggregate(runs, layers)
+    if all("translation" in r for r in runs):
+        out["translation"] = aggregate_translation([r["translation"] for r in runs])
+    if all("lm_loss" in r for r in runs):
+        out["lm_loss"] = aggregate_lm_loss([r["lm_loss"] for r in runs])
+    return out
+
+
+def pair_rows(run: str, splits: dict, before: dict, after: dict, layers: list[int]) -> list[dict]:
+    """eval/pairs.csv: one row per run, split, pair and layer, with each per-pair score before and after."""
+    rows = []
+    for split, lex in splits.items():
+        for layer in layers:
+            cols = {}
+            for variant in before:
+                prefix = "" if variant == "raw" else f"{variant}_"
+                for score, values in before[variant][split][layer]["pairs"].items():
+                    short = "cos" if score == "cosine" else score
+                    cols[f"{prefix}{short}_before"] = values.tolist()
+                    cols[f"{prefix}{short}_after"] = after[variant][split][layer]["pairs"][score].tolist()
+            for p, pair in enumerate(lex.pairs):
+                rows.append({"run": run, "split": split, "source": pair.source, "target": pair.target,
+                             "layer": layer, **{k: v[p] for k, v in cols.items()}})
+    return rows
+
+
+def _log_wandb(cfg, summary: dict, out: Path, translation_rows: list[dict]) -> None:
+    import wandb
+
+    run = init_wandb(cfg.logger, asdict(cfg), cfg.paths.output_dir, job_type="evaluate")
+    try:
+        rows = [{"run": name, "split": split, "layer": layer, "vectors": variant,
+                 **{f"{k}_before": v for k, v in st["before"].items()},
+                 **{f"{k}_after": v for k, v in st["after"].items()},
+                 **{f"{s}_delta": p["delta"] for s, p in st["paired"].items()},
+                 **{f"{s}_wilcoxon_p": p["wilcoxon_p"] for s, p in st["paired"].items()}}
+                for name, r in summary["runs"].items() for split in ("train", "control")
+                for layer, per_variant in r.get(split, {}).items() for variant, st in per_variant.items()]
+        several = len(summary["runs"]) > 1  # then the run name follows eval/, as in behaviour_metrics
+        run.summary.update({f"eval/{r['run'] + '/' if several else ''}{r['vectors']}/{r['split']}/{k}@{r['layer']}": v
+                            for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k != "layer"})
+        run.summary.update(behaviour_metrics(summary["runs"]))
+        columns = list(rows[0])
+        images = {f"eval/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("*.png"))}
+        tables = {"eval/table": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])}
+        if translation_rows:
+            columns = ["run", *CSV_COLUMNS]
+            tables["eval/translation"] = wandb.Table(columns=columns,
+                                                     data=[[r[c] for c in columns] for r in translation_rows])
+        run.log({**tables, "eval/report": wandb.Html("<pre>" + (out / "report.md").read_text() + "</pre>"), **images})
+    finally:
+        run.finish()
+
+

@@ -1,0 +1,91 @@
+"""After a Hydra multirun: one table of every job's settings and metrics, best marked (CSV and Markdown)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tli.eval.tables import markdown_table, write_csv
+from tli.io import atomic_write_text
+
+
+def collect(sweep_dir: str | Path) -> list[dict]:
+    """One row per job directory holding a metrics.json: its overrides and final metrics."""
+    rows = []
+    for metrics_file in sorted(Path(sweep_dir).glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p)):
+        job = metrics_file.parent
+        metrics = json.loads(metrics_file.read_text())
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        lines = overrides_file.read_text().splitlines() if overrides_file.exists() else []
+        overrides = [o.strip("- ") for o in lines]
+        row = {"job": job.name, "overrides": " ".join(o for o in overrides if o)}
+        row.update({o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o})
+        row["objective_name"] = metrics.get("objective_name")
+        row["objective"] = metrics.get("objective")
+        row.update({k: v for k, v in sorted(metrics.get("metrics", {}).items()) if k.startswith("val/")})
+        rows.append(row)
+    return rows
+
+
+def write_summary(sweep_dir: str | Path) -> list[dict]:
+    rows = collect(sweep_dir)
+    if not rows:
+        return rows
+    scored = [r for r in rows if isinstance(r["objective"], (int, float))]
+    best = max(scored, key=lambda r: r["objective"]) if scored else None
+    for r in rows:
+        r["best"] = "*" if r is best else ""
+    sweep_dir = Path(sweep_dir)
+    write_csv(rows, sweep_dir / "sweep_summary.csv", ["best", "job", "overrides", "objective_name", "objective"])
+    metric_columns = sorted({c for r in rows for c in r if c.startswith("val/")})  # jobs may differ in layer k
+    columns = ["best", "job", "overrides", "objective"] + metric_columns
+    text = f"# Sweep summary: {sweep_dir}\n\nObjective: {rows[0]['objective_name']} (higher is better; * = best)\n\n"
+    atomic_write_text(sweep_dir / "sweep_summary.md", text + markdown_table(rows, columns) + "\n")
+    return rows
+
+
+class _HydraCallback:
+    """Hydra calls every hook (on_run_start, on_job_end, ...) on each callback: the ones not defined do nothing."""
+
+    def __getattr__(self, name):
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+
+class SweepSummary(_HydraCallback):
+    """Hydra callback (hydra.callbacks.sweep_summary): writes the table when a multirun ends."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        rows = write_summary(config.hydra.sweep.dir)
+        if rows:
+            print(f"sweep summary: {Path(config.hydra.sweep.dir) / 'sweep_summary.md'} ({len(rows)} jobs)")
+
+
+class SeedReport(_HydraCallback):
+    """Hydra callback (multiseed=...): after the seeds' jobs, evaluate all their adapters on one base model and write
+    the report across seeds into <sweep dir>/eval/ (mean and standard deviation, trained vs control)."""
+
+    def __init__(self, layers=None, n_boot: int = 10000):
+        self.layers, self.n_boot = layers, n_boot
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        from omegaconf import OmegaConf
+
+        from tli.config import TLIConfig, to_typed
+        from tli.jobs.evaluate import evaluate_job
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = sorted((p.parent.parent for p in sweep_dir.glob("*/adapter/tli_adapter.json")),
+                      key=lambda p: (len(p.name), p.name))
+        if not jobs:
+            print(f"seed report: no adapters under {sweep_dir}")
+            return
+        data = OmegaConf.to_container(config, resolve=False)
+        data.pop("hydra", None)
+        data.update(seed=0, adapter=[str(j / "adapter") for j in jobs])
+        data["paths"]["output_dir"] = str(sweep_dir)
+        data["logger"]["type"] = "none"
+        data["eval"].update(layers=self.layers, n_boot=self.n_boot)
+        evaluate_job(to_typed(OmegaConf.merge(OmegaConf.structured(TLIConfig), data)))
+        print(f"seed report: {sweep_dir / 'eval' / 'report.md'} ({len(jobs)} runs)")

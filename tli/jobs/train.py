@@ -1,0 +1,223 @@
+"""The training job behind `train.py`: validate every setting before weights load, fit, export adapters + metrics."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from tli.console import interactive
+from tli.data.audit import write_audit
+from tli.data.datamodule import PairDataModule
+from tli.errors import ConfigError, RunDirError, TrainingError
+from tli.eval.metrics import metric_key
+from tli.io import atomic_write_json
+from tli.jobs.common import in_multirun, provenance, run_dir_lock
+from tli.jobs.tracking import lightning_logger
+from tli.model.adapter import save_adapter
+from tli.model.loading import check_layer, load_config, load_tokenizer, num_layers, weights_fingerprint
+from tli.training.checkpoints import AtomicCheckpointIO, checkpoint_callbacks
+from tli.training.losses import build_loss
+from tli.training.module import TLIModule
+from tli.training.resume import GracefulStop, RunSettings, check_resume_settings, resolve_ckpt_path
+
+log = logging.getLogger(__name__)
+
+
+def validate(cfg) -> tuple:
+    """Every setting the schema's own checks cannot see, before any weights load: the loss options, the target
+    layer and LoRA blocks against the model's depth, the objective's layer, the Trainer arguments.
+    Returns (model config, loss, objective key)."""
+    loss = build_loss(cfg.loss)
+    unknown = sorted(set(cfg.trainer) - set(inspect.signature(L.Trainer.__init__).parameters) - {"self"})
+    if unknown:
+        raise ConfigError(f"trainer.{unknown[0]} is not an argument of lightning's Trainer")
+    _, config = load_config(cfg.model.loading())
+    n = num_layers(config)
+    check_layer(config, cfg.model.target_layer, "model.target_layer", low=1)
+    cfg.lora.block_numbers(cfg.model.target_layer, n)
+    return config, loss, cfg.objective.key(cfg.model.target_layer, n)
+
+
+def build_trainer(cfg, out: Path, monitor: str, logger, extra_callbacks=()) -> L.Trainer:
+    cb = cfg.callbacks
+    callbacks = checkpoint_callbacks(out / "checkpoints", monitor, cb.every_n_train_steps)
+    if cb.lr_monitor and logger:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    progress = cb.progress_bar and interactive()  # plain, short output under CI=true or without a terminal
+    if progress and cb.rich_progress_bar:
+        callbacks.append(RichProgressBar())
+    kwargs = dict(cfg.trainer)
+    if kwargs.get("precision") == "auto":
+        kwargs["precision"] = "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    # The data module shards training batches itself (UniqueBatchSampler with num_replicas / rank: slices of global
+    # batches without repeated strings); Lightning's DistributedSampler cannot wrap a custom batch sampler, and the
+    # validation set is deliberately not sharded (every process validates all of it).
+    kwargs["use_distributed_sampler"] = False
+    return L.Trainer(**kwargs, callbacks=callbacks + list(extra_callbacks), logger=logger,
+                     default_root_dir=str(out), plugins=[AtomicCheckpointIO()], enable_progress_bar=progress)
+
+
+def check_distributed(trainer: L.Trainer, loss) -> None:
+    """Data-parallel sanity, before any weights load: refuse a script re-launch inside a multirun; warn when the
+    contrastive negatives stay per process."""
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if (isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
+            and not launcher.cluster_environment.creates_processes_externally and in_multirun()):
+        raise ConfigError(
+            f"trainer.devices={launcher.num_processes} with strategy {trainer.strategy.__class__.__name__} inside a "
+            "Hydra multirun: Lightning would re-run the whole command (the sweep) in every extra process. Use one "
+            "device per job in sweeps, or a launcher that starts the processes itself (hydra/launcher=submitit_slurm "
+            "with tasks_per_node)."
+        )
+    if trainer.world_size > 1 and not loss.gather and rank_zero_only.rank == 0:
+        log.warning("%d processes and loss.gather is off: each process's negatives are only its own batch of "
+                    "data.batch_size pairs (loss.gather=true makes the whole global batch the negative pool)",
+                    trainer.world_size)
+
+
+def run_settings(cfg, loss, lexicons) -> dict:
+    """What defines a run, recorded in its checkpoints and compared on resume (paths and caches excluded: a run may
+    move to another machine; the lexicons are compared by content)."""
+    spec = {k: v for k, v in asdict(cfg.model.loading()).items() if k != "cache_dir"}
+    data = {k: v for k, v in asdict(cfg.data).items() if k not in ("train_file", "control_file", "num_workers")}
+    return {"model": spec, "probe": asdict(cfg.model.probe()), "lora": asdict(cfg.lora), "loss": loss.settings,
+            "optim": asdict(cfg.optim), "train": {k: v for k, v in asdict(cfg.train).items() if k != "allow_changes"},
+            "objective": asdict(cfg.objective), "metrics": asdict(cfg.metrics), "seed": cfg.seed,
+            "data": {**data, "lexicons": {s: info["sha256"] for s, info in lexicons.info().items()}}}
+
+
+def train_job(cfg, extra_callbacks=()) -> dict:
+    """Train from a typed config (`tli.config.TLIConfig`); returns the final metrics (also in metrics.json)."""
+    out = Path(cfg.paths.output_dir)
+    config, loss, monitor = validate(cfg)
+    started = time.monotonic()
+    with run_dir_lock(out):
+        result = _train(cfg, out, loss, monitor, extra_callbacks)
+    if rank_zero_only.rank == 0:
+        print_summary(result, cfg, out, time.monotonic() - started)
+        if cfg.evaluate:  # after the lock is released: the evaluation takes its own
+            from tli.jobs.evaluate import evaluate_job
+
+            result["evaluation"] = str(out / "eval")
+            evaluate_job(replace(cfg, adapter=str(out / "adapter")))
+    return result
+
+
+def print_summary(result: dict, cfg, out: Path, seconds: float) -> None:
+    """Where everything went, what the run achieved on its validation pairs (before -> after), what to run next."""
+    metrics, before = result["metrics"], result.get("validation_before") or {}
+    k, n_layers = result["settings"]["target_layer"], result["n_layers"]
+    lines = [f"finished: {out} ({result['global_step']} steps, {seconds / 60:.1f} min)",
+             f"  adapter      {out / 'adapter'} ({result['kept']} adapter)",
+             f"  checkpoints  {out / 'checkpoints'}" + (f" (best by {result['objective_name']}: "
+                                                        f"{Path(result['best']['path']).name})" if result.get("best")
+                                                        else ""),
+             f"  metrics      {out / 'metrics.json'}"]
+    shown = [(name, layer, centred) for layer in sorted({k, n_layers}) for name, centred in
+             (("mrr", False), ("pool_p_at_1", True), ("margin_z", False))]
+    rows = []
+    for name, layer, centred in shown:
+        key = metric_key("val", name, layer, centred)
+        if key in metrics:
+            was = f"{before[key]:.3f} -> " if key in before else ""
+            rows.append(f"{'centred ' if centred else ''}{name}@{layer} {was}{metrics[key]:.3f}")
+    if rows:
+        lines.append(f"  validation   ({result['n_val_pairs']} held-out pairs; index {k} = target, {n_layers} = last) "
+                     + "; ".join(rows))
+    if not cfg.evaluate:
+        lines.append(f"  evaluate it  python evaluate.py {' '.join(evaluate_overrides(cfg))} adapter={out / 'adapter'}")
+    print("\n".join(lines))
+
+
+def evaluate_overrides(cfg) -> list[str]:
+    """The command-line overrides that make evaluate.py see this run's model and data: the run's own (its presets
+    compose with evaluate.py too), without those only training reads; outside Hydra, the model and data keys."""
+    from tli.jobs.common import in_hydra
+
+    training_only = ("hydra.", "ckpt_path", "evaluate", "trainer", "callbacks", "logger", "lora", "loss", "optim",
+                     "train.", "objective", "seed", "multiseed", "hparams_search", "debug")
+    if in_hydra():
+        from hydra.core.hydra_config import HydraConfig
+
+        return [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(training_only)]
+    d = cfg.data
+    return [f"model.name_or_path={cfg.model.name_or_path}", f"model.quantization={cfg.model.quantization}",
+            f"data.train_file={d.train_file}", f"data.control_file={d.control_file}", f"data.src_field={d.src_field}",
+            f"data.tgt_field={d.tgt_field}", f"data.src_lang={d.src_lang}", f"data.tgt_lang={d.tgt_lang}"]
+
+
+def _train(cfg, out: Path, loss, monitor: str, extra_callbacks) -> dict:
+    ckpt_dir = out / "checkpoints"
+    ckpt_path, ckpt = resolve_ckpt_path(cfg.ckpt_path, ckpt_dir)
+    if ckpt is None and list(ckpt_dir.glob("*.ckpt")):
+        raise RunDirError(f"run directory {out} already holds the checkpoints of an earlier run: resume it with "
+                          "ckpt_path=last, or give this run a new directory (hydra.run.dir=...)")
+    L.seed_everything(cfg.seed, workers=True)
+    spec, probe = cfg.model.loading(), cfg.model.probe()
+    tokenizer = load_tokenizer(spec)
+    datamodule = PairDataModule(cfg.data, tokenizer, template=probe.template, seed=cfg.seed,
+                                centring_words=cfg.metrics.centre)
+    lexicons = datamodule.prepare_lexicons()  # bad files fail here, before the weights load
+    settings = run_settings(cfg, loss, lexicons)
+    changed = check_resume_settings(ckpt, ckpt_path, settings, cfg.train.allow_changes) if ckpt else {}
+    module = TLIModule(spec, probe, cfg.lora, loss, cfg.optim, cfg.train, cfg.metrics)
+    logger = lightning_logger(cfg.logger, asdict(cfg), out)
+    stop = GracefulStop(ckpt_dir)
+    try:
+        trainer = build_trainer(cfg, out, monitor, logger, [RunSettings(settings), stop, *extra_callbacks])
+        check_distributed(trainer, loss)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if stop.stopped:
+            raise TrainingError(f"stopped by {stop.stopped} at step {trainer.global_step}: {ckpt_dir / 'last.ckpt'} "
+                                f"holds the run; resume with: python train.py ckpt_path=last hydra.run.dir={out} "
+                                "(and the same settings)")
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        sidecar = {**provenance(cfg, lexicons), "base_model": spec.name_or_path,
+                   "base_fingerprint": weights_fingerprint(spec), "target_layer": module.k,
+                   "lora": asdict(cfg.lora), "loss": loss.settings, "src_field": cfg.data.src_field,
+                   "tgt_field": cfg.data.tgt_field, "resumed_with_changes": changed}
+        result = {"objective_name": monitor, "objective": metrics.get(monitor), "global_step": trainer.global_step,
+                  "epochs": trainer.current_epoch, "metrics": metrics, "validation_before": module.before_training,
+                  "n_val_pairs": len(datamodule.val_pairs), "n_layers": module.n_layers, "settings": sidecar}
+        if trainer.is_global_zero:
+            result.update(export_adapters(trainer, module, out, sidecar, cfg.objective.keep))
+            atomic_write_json(out / "metrics.json", result)
+            write_audit(lexicons, out / "audit.json")
+        return result
+    finally:
+        if cfg.logger.type == "wandb":
+            import wandb
+
+            wandb.finish()
+
+
+def export_adapters(trainer: L.Trainer, module: TLIModule, out: Path, sidecar: dict, keep: str) -> dict:
+    """adapter/ holds the kept adapter (`objective.keep`: the last, by default); adapter_best/ (or adapter_last/
+    when the best is kept) the other one. Returns what metrics.json records about the choice."""
+    ckpt_cb = trainer.checkpoint_callback
+    best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
+    other = "adapter_best" if keep == "last" else "adapter_last"
+    found: dict = {"kept": keep if best else "last"}
+    if best:
+        found["best"] = {"path": best, "score": float(ckpt_cb.best_model_score)}
+    if keep == "last" or not best:
+        save_adapter(module.backbone, out / "adapter", {**sidecar, "checkpoint": "last"})
+    else:
+        save_adapter(module.backbone, out / other, {**sidecar, "checkpoint": "last"})
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state, strict=False)
+        save_adapter(module.backbone, out / ("adapter" if keep == "best" else other), {**sidecar, "checkpoint": "best"})
+        if keep == "best":
+            found["objective"] = float(ckpt_cb.best_model_score)
+    return found

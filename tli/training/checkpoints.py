@@ -1,0 +1,76 @@
+"""Checkpoints: what is kept (`objective.*`, `callbacks.*`), how it is written (atomically), and how a run resumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from tli.errors import ConfigError, RunDirError
+from tli.eval.metrics import metric, metric_key
+from tli.io import atomic_write
+
+
+@dataclass
+class ObjectiveConfig:
+    """`objective.*`: the validation figure that names the best checkpoint and that a sweep maximises."""
+
+    metric: str = "mrr"  # a metric of tli.eval.metrics.METRICS (higher is better)
+    layer: Any = "last"  # last (index L) | target (index k) | a hidden-state index
+    centred: bool = False  # the metric after centring each language on the training words
+    keep: str = "last"  # adapter/ holds the last adapter (default) or the best by the objective
+
+    def __post_init__(self):
+        if not metric(self.metric, "objective.metric").higher_is_better:
+            raise ConfigError(f"objective.metric={self.metric!r} is descriptive, not an objective (higher is not "
+                              "better); choose e.g. mrr, p_at_1, pool_p_at_1, margin_z")
+        if not (self.layer in ("last", "target") or (isinstance(self.layer, int) and not isinstance(self.layer, bool))):
+            raise ConfigError(f"objective.layer={self.layer!r} must be last, target or a hidden-state index")
+        if self.keep not in ("last", "best"):
+            raise ConfigError(f"objective.keep={self.keep!r} must be last or best")
+
+    def key(self, target_layer: int, n_layers: int) -> str:
+        """The logged name, e.g. `val/mrr@18`; the layer must be one validation reports (k or L)."""
+        layer = {"last": n_layers, "target": target_layer}.get(self.layer, self.layer)
+        if layer not in (target_layer, n_layers):
+            raise ConfigError(f"objective.layer={self.layer!r}: validation reports the target index {target_layer} "
+                              f"and the last index {n_layers} only")
+        return metric_key("val", self.metric, layer, self.centred)
+
+
+@dataclass
+class CallbacksConfig:
+    """`callbacks.*`. Checkpoints go to <run dir>/checkpoints: best-step*.ckpt (by the objective) and last.ckpt."""
+
+    every_n_train_steps: int | None = None  # also checkpoint every N optimizer steps (null: at each validation)
+    lr_monitor: bool = True
+    rich_progress_bar: bool = True
+    progress_bar: bool = True
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temp file and rename: a crash or a full disk mid-write never corrupts or replaces the
+    last good checkpoint, and leaves no temporary file."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        try:
+            atomic_write(path, lambda f: torch.save(checkpoint, f))
+        except RuntimeError as err:  # torch.save reports a failed write (e.g. a full disk) as an iostream error
+            raise RunDirError(f"could not write checkpoint {path} ({err}): is the disk full? Nothing was "
+                              "half-written; free space and resume with ckpt_path=last") from err
+
+
+def checkpoint_callbacks(ckpt_dir: Path, monitor: str, every_n_train_steps: int | None) -> list[ModelCheckpoint]:
+    return [
+        # The best checkpoint by the objective (needs a validation to have run) ...
+        ModelCheckpoint(dirpath=str(ckpt_dir), filename="best-step{step:06d}", monitor=monitor, mode="max",
+                        save_top_k=1, auto_insert_metric_name=False),
+        # ... and last.ckpt, written at every validation and every N steps regardless of metrics (for resume); always
+        # that name (no last-v1.ckpt: a run directory holds one run, see tli.jobs.train)
+        ModelCheckpoint(dirpath=str(ckpt_dir), save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps,
+                        enable_version_counter=False),
+    ]

@@ -1,0 +1,148 @@
+"""Stopping and resuming: which checkpoint `ckpt_path` means, checked before any weights load; the settings a run
+was started with, refused when a resume changes them; and Ctrl-C that stops at a step boundary with a checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from tli.errors import CheckpointError, ConfigError
+from tli.io import remove_stale_temp_files
+
+log = logging.getLogger(__name__)
+FREE_TO_CHANGE = ("data.num_workers",)  # settings a resumed run may change without changing what it computes
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A tli training checkpoint, loaded safely (weights_only); a CheckpointError naming the file otherwise."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, not a torch file, a pickle weights_only refuses, ...
+        raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200]}); resume from another one (ckpt_path=last picks "
+                              "the newest intact checkpoint of a run directory)") from err
+    missing = [k for k in ("state_dict", "global_step", "loops", "hyper_parameters") if k not in ckpt]
+    if not isinstance(ckpt, dict) or missing:
+        raise CheckpointError(f"checkpoint {path} is not a tli training checkpoint (missing {missing})")
+    return ckpt
+
+
+def newest_intact(ckpt_dir: Path) -> tuple[Path, dict] | None:
+    """The checkpoint of `ckpt_dir` with the highest global step that loads: last.ckpt normally, another one when
+    last.ckpt is missing or damaged (a write that failed, a disk that filled up)."""
+    found = []
+    for path in sorted(ckpt_dir.glob("*.ckpt")):
+        try:
+            found.append((read_checkpoint(path)["global_step"], path.name == "last.ckpt", path))
+        except CheckpointError as err:
+            log.warning("ckpt_path=last: skipping %s", err)
+    if not found:
+        return None
+    step, _, path = max(found)
+    return path, read_checkpoint(path)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, ckpt_dir: Path) -> tuple[str | None, dict | None]:
+    """(checkpoint file, its content) for `ckpt_path`: a file, `last` (the newest intact checkpoint of the run
+    directory; none yet: start fresh, as a requeued cluster job's first launch does), or null."""
+    if ckpt_path in (None, ""):
+        return None, None
+    if ckpt_path == "last":
+        remove_stale_temp_files(ckpt_dir)
+        newest = newest_intact(ckpt_dir)
+        if newest is None and list(ckpt_dir.glob("*.ckpt")):
+            raise CheckpointError(f"ckpt_path=last: no checkpoint in {ckpt_dir} can be read (all damaged, see the "
+                                  "warnings above): give a run directory with an intact checkpoint, or a new one")
+        if newest is None:
+            log.warning("ckpt_path=last: no checkpoint in %s yet, starting from scratch (resume a run with "
+                        "hydra.run.dir=<its dir>)", ckpt_dir)
+            return None, None
+        path, ckpt = newest
+        if path.name != "last.ckpt":
+            log.warning("ckpt_path=last: resuming from %s (step %d), the newest intact checkpoint", path,
+                        ckpt["global_step"])
+        return str(path), ckpt
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path!r}: no such checkpoint file")
+    return str(path), read_checkpoint(path)
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+class RunSettings(Callback):
+    """Keeps the settings that define a run (model, probe, LoRA, loss, optimiser, data, seed) in its checkpoints."""
+
+    def __init__(self, settings: dict):
+        self.settings = settings
+
+    def state_dict(self) -> dict:
+        return {"settings": self.settings}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass  # compared before the run starts (check_resume_settings), where a mismatch can still be refused
+
+    @staticmethod
+    def saved(ckpt: dict) -> dict | None:
+        for key, state in (ckpt.get("callbacks") or {}).items():
+            if key.endswith("RunSettings") or key == "RunSettings":
+                return state.get("settings")
+        return None
+
+
+def check_resume_settings(ckpt: dict, path: str, settings: dict, allow: bool) -> dict:
+    """Refuse to resume with settings that differ from the checkpoint's (they would apply from the middle of the run
+    while the outputs would record them as the run's); with `allow`, return them for the record."""
+    saved = RunSettings.saved(ckpt)
+    if saved is None:
+        raise CheckpointError(f"checkpoint {path} records no run settings (written by another tli version?): "
+                              "resume is refused, as the settings could not be compared")
+    old, new = _flat(saved), _flat(settings)
+    changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and k not in FREE_TO_CHANGE}
+    if changed and not allow:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:6])
+        raise ConfigError(f"resuming {path} with changed settings ({shown}{'; ...' if len(changed) > 6 else ''}): "
+                          "use the run's settings, or set train.allow_changes=true to resume anyway (the outputs "
+                          "then record the changes)")
+    return changed
+
+
+class GracefulStop(Callback):
+    """Ctrl-C (SIGINT): finish the current training step, write last.ckpt and stop; a second Ctrl-C aborts at once.
+    `stopped` tells the job that the run did not finish. (SIGTERM and SIGUSR2 are left to the cluster launcher,
+    which requeues the job: ckpt_path=last then resumes from the last periodic checkpoint.)"""
+
+    def __init__(self, ckpt_dir: Path):
+        self.ckpt_dir, self.stopped, self._previous = ckpt_dir, None, {}
+
+    def _request(self, signum, frame):
+        if self.stopped is not None:  # the second time: stop now
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.stopped = signal.Signals(signum).name
+        log.warning("%s: stopping after the current step and writing a checkpoint (press Ctrl-C again to abort "
+                    "without one)", self.stopped)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signal.SIGINT: signal.signal(signal.SIGINT, self._request)}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.stopped is not None and not trainer.should_stop:
+            trainer.save_checkpoint(self.ckpt_dir / "last.ckpt")
+            trainer.should_stop = True
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
