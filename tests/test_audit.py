@@ -9,17 +9,9 @@ import sys
 
 import pytest
 
-from tli.audit import (
-    DEFAULT_POLICY,
-    POLICIES,
-    AuditResult,
-    LexiconAuditError,
-    audit,
-    check_policy,
-    format_audit,
-    write_audit,
-)
-from tli.lexicon import LexiconError, read_lexicon
+from tli.data.audit import DEFAULT_POLICY, POLICIES, AuditResult, audit, check_policy, format_audit, write_audit
+from tli.data.lexicon import read_lexicon
+from tli.errors import DataError
 
 
 def lexicon(tmp_path, name, pairs):
@@ -69,6 +61,7 @@ def test_default_policy():
         "leaked_pair": "error",
         "leaked_word": "warn",
         "multi_word": "warn",
+        "long_word": "error",
     }
     assert POLICIES == ("error", "warn", "drop", "ignore")
 
@@ -145,26 +138,26 @@ def test_duplicate_drop_policy_drops_later_occurrences(tmp_path):
 
 def test_duplicate_error_policy(tmp_path):
     train = lexicon(tmp_path, "train.json", [("maji", "water"), ("mkate", "bread"), ("maji", "liquid")])
-    with pytest.raises(LexiconAuditError) as info:
+    with pytest.raises(DataError) as info:
         audit(train, policy={"duplicate_source": "error"})
     msg = str(info.value)
     assert str(train.path) in msg
     assert "duplicate_source" in msg and "entry 1" in msg and "entry 3" in msg
     assert "'maji'" in msg
     assert "data.audit" in msg  # says how to relax it
-    assert isinstance(info.value, LexiconError)
+    assert isinstance(info.value, DataError)
 
 
 def test_duplicate_pair_error_policy(tmp_path):
     train = lexicon(tmp_path, "train.json", [("maji", "water"), ("mkate", "bread"), ("maji", "water")])
-    with pytest.raises(LexiconAuditError, match=r"duplicate_pair .*entry 1, entry 3"):
+    with pytest.raises(DataError, match=r"duplicate_pair .*entry 1, entry 3"):
         audit(train, policy={"duplicate_pair": "error"})
 
 
 def test_all_error_findings_are_listed(tmp_path):
     train = lexicon(tmp_path, "train.json", [("maji", "water"), ("maji", "liquid"), ("mkate", "bread"),
                                              ("kinywaji", "bread")])
-    with pytest.raises(LexiconAuditError) as info:
+    with pytest.raises(DataError) as info:
         audit(train, policy={"duplicate_source": "error", "duplicate_target": "error"})
     msg = str(info.value)
     assert "2 finding(s)" in msg
@@ -178,7 +171,7 @@ def test_all_error_findings_are_listed(tmp_path):
 def test_leaked_pair_is_an_error_by_default(tmp_path):
     train = lexicon(tmp_path, "train.json", TRAIN)
     control = lexicon(tmp_path, "control.json", [("nyumba", "house"), ("Mkate", "Bread")])
-    with pytest.raises(LexiconAuditError) as info:
+    with pytest.raises(DataError) as info:
         audit(train, control)
     msg = str(info.value)
     assert "leaked_pair" in msg
@@ -227,7 +220,7 @@ def test_leaked_word(tmp_path):
     assert [(p.where, r) for p, r in result.control.dropped] == [("entry 2", "leaked_word"), ("entry 3", "leaked_word")]
     assert tuples(result.train) == TRAIN
 
-    with pytest.raises(LexiconAuditError, match=r"leaked_word in .*control\.json \(entry 2\)"):
+    with pytest.raises(DataError, match=r"leaked_word in .*control\.json \(entry 2\)"):
         audit(train, control, {"leaked_word": "error"})
 
 
@@ -256,6 +249,16 @@ def test_multi_word(tmp_path):
     result = audit(train, policy={"multi_word": "drop"})
     assert tuples(result.train) == [("maji", "water")]
     assert [r for _, r in result.train.dropped] == ["multi_word", "multi_word"]
+
+
+def test_long_words_are_refused_with_their_limit(tmp_path):
+    long = "x" * 10_000  # a gloss or a sentence pasted as a word: useless, and slow to embed
+    train = lexicon(tmp_path, "train.json", [("maji", "water"), (long, "flood"), ("moto", "fire")])
+    with pytest.raises(DataError, match=r"long_word in .*train.json \(entry 2\): 'x+'->'flood' is longer than 100 "
+                                        r"characters \(data.max_word_chars\)"):
+        audit(train)
+    assert tuples(audit(train, policy={"long_word": "drop"}).train) == [("maji", "water"), ("moto", "fire")]
+    assert len(audit(train, max_word_chars=20_000).train) == 3
 
 
 @pytest.mark.parametrize("kind", ["duplicate_pair", "duplicate_source", "duplicate_target", "multi_word"])
@@ -297,19 +300,19 @@ def test_check_policy_merges_defaults():
 
 
 def test_invalid_policy_key(tmp_path):
-    with pytest.raises(LexiconError) as info:
+    with pytest.raises(DataError) as info:
         check_policy({"duplicates": "drop"})
     msg = str(info.value)
     assert "data.audit.duplicates" in msg and "unknown" in msg
     for kind in DEFAULT_POLICY:
         assert kind in msg
-    with pytest.raises(LexiconError, match=r"data\.audit\.duplicates"):
+    with pytest.raises(DataError, match=r"data\.audit\.duplicates"):
         audit(lexicon(tmp_path, "train.json", TRAIN), policy={"duplicates": "drop"})
 
 
 @pytest.mark.parametrize("action", ["fail", "Drop", "", None])
 def test_invalid_policy_action(action):
-    with pytest.raises(LexiconError) as info:
+    with pytest.raises(DataError) as info:
         check_policy({"leaked_word": action})
     msg = str(info.value)
     assert f"data.audit.leaked_word={action!r}" in msg
@@ -323,13 +326,13 @@ def test_invalid_policy_action(action):
 def test_everything_dropped_is_an_error(tmp_path):
     train = lexicon(tmp_path, "train.json", TRAIN)
     control = lexicon(tmp_path, "control.json", [("mkate", "bread"), ("maji", "liquid")])
-    with pytest.raises(LexiconAuditError) as info:
+    with pytest.raises(DataError) as info:
         audit(train, control, {"leaked_pair": "drop", "leaked_word": "drop"})
     msg = str(info.value)
     assert str(control.path) in msg and "no pairs left" in msg and "control" in msg
 
     multi = lexicon(tmp_path, "multi.json", [("habari za asubuhi", "good morning"), ("lala salama", "sleep well")])
-    with pytest.raises(LexiconAuditError, match=r"no pairs left in the train set"):
+    with pytest.raises(DataError, match=r"no pairs left in the train set"):
         audit(multi, policy={"multi_word": "drop"})
 
 
@@ -386,9 +389,9 @@ def test_format_audit(tmp_path):
 def test_warnings_are_logged(tmp_path, caplog):
     train = lexicon(tmp_path, "train.json", [("maji", "water"), ("maji", "liquid"), ("mkate", "bread"),
                                              ("mkate", "bread")])
-    with caplog.at_level(logging.WARNING, logger="tli.audit"):
+    with caplog.at_level(logging.WARNING, logger="tli.data.audit"):
         audit(train)
-    records = [r for r in caplog.records if r.name == "tli.audit"]
+    records = [r for r in caplog.records if r.name == "tli.data.audit"]
     assert len(records) == 2
     assert all(r.levelno == logging.WARNING for r in records)
     text = "\n".join(r.getMessage() for r in records)
@@ -399,17 +402,17 @@ def test_warnings_are_logged(tmp_path, caplog):
 
 def test_ignored_and_clean_are_not_logged(tmp_path, caplog):
     train = lexicon(tmp_path, "train.json", [("maji", "water"), ("maji", "liquid")])
-    with caplog.at_level(logging.WARNING, logger="tli.audit"):
+    with caplog.at_level(logging.WARNING, logger="tli.data.audit"):
         audit(train, policy={"duplicate_source": "ignore"})
         audit(lexicon(tmp_path, "clean.json", TRAIN))
-    assert [r for r in caplog.records if r.name == "tli.audit"] == []
+    assert [r for r in caplog.records if r.name == "tli.data.audit"] == []
 
 
 # ---------------------------------------------------------------- CLI
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "tli.audit", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tli.data.audit", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=60)
 
 

@@ -1,22 +1,20 @@
 """Batches without repeated strings, the seeded validation split, the data module, and exact mid-epoch resume."""
 
 import json
+import logging
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
-import tli.data
-from tli.data import (
-    DataConfigError,
-    PairDataModule,
-    ResumableLoader,
-    UniqueBatchSampler,
-    split_validation,
-)
-from tli.lexicon import Lexicon, Pair
+import tli.data.datamodule
+from tli.data.config import AuditPolicy, DataConfig
+from tli.data.datamodule import PairDataModule, ResumableLoader, UniqueBatchSampler, split_validation
+from tli.data.lexicon import Lexicon, Pair
+from tli.errors import ConfigError, DataError
 
 # ---- UniqueBatchSampler -----------------------------------------------------------------------------------------
 
@@ -115,7 +113,7 @@ def test_split_validation_zero_fraction():
 
 @pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5])
 def test_split_validation_fraction_out_of_range(fraction):
-    with pytest.raises(DataConfigError, match=r"data\.val_fraction"):
+    with pytest.raises(ConfigError, match=r"data\.val_fraction"):
         split_validation(lexicon(), fraction, seed=0)
 
 
@@ -125,7 +123,7 @@ def test_split_validation_fraction_out_of_range(fraction):
 @pytest.fixture(scope="module")
 def tokenizer(tiny_spec):
     # The same tokenizer `tiny_nf4[1]` is (load_model returns load_tokenizer's), without loading the 4-bit model.
-    from tli.modeling import load_tokenizer
+    from tli.model.loading import load_tokenizer
 
     return load_tokenizer(tiny_spec)
 
@@ -150,13 +148,12 @@ def data_cfg(tmp_path):
         path.write_text(json.dumps([{"swahili": s, "english": e, "pos": "noun"} for s, e in pairs]), encoding="utf-8")
         return str(path)
 
-    return {
-        "train_file": write("train.json", TRAIN), "control_file": write("control.json", CONTROL + [LEAKED]),
-        "src_field": "swahili", "tgt_field": "english", "src_lang": "Swahili", "tgt_lang": "English",
-        "format": "auto", "clean_glosses": False,
-        "audit": {"duplicate_pair": "drop", "duplicate_source": "warn", "duplicate_target": "warn",
-                  "leaked_pair": "drop", "leaked_word": "warn", "multi_word": "warn"},
-    }
+    def make(**options) -> DataConfig:
+        return DataConfig(train_file=write("train.json", TRAIN), control_file=write("control.json", CONTROL + [LEAKED]),
+                          src_field="swahili", tgt_field="english", src_lang="Swahili", tgt_lang="English",
+                          audit=AuditPolicy(leaked_pair="drop"), **options)
+
+    return make
 
 
 def decode_pairs(batch, tokenizer):
@@ -170,21 +167,21 @@ def decode_pairs(batch, tokenizer):
 
 @pytest.mark.parametrize("batch_size", [0, 1])
 def test_datamodule_batch_size_below_two(data_cfg, tokenizer, batch_size):
-    with pytest.raises(DataConfigError, match=r"data\.batch_size"):
-        PairDataModule(data_cfg, tokenizer, batch_size=batch_size)
+    with pytest.raises(ConfigError, match=r"data\.batch_size"):
+        PairDataModule(data_cfg(batch_size=batch_size), tokenizer)
 
 
 def test_datamodule_batches(data_cfg, tokenizer, monkeypatch):
     calls = []
-    real = tli.data.tokenize_words
+    real = tli.data.datamodule.tokenize_words
 
     def counting(*args, **kwargs):
         calls.append(args[1])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tli.data, "tokenize_words", counting)
+    monkeypatch.setattr(tli.data.datamodule, "tokenize_words", counting)
     B = 6
-    dm = PairDataModule(data_cfg, tokenizer, batch_size=B, val_fraction=0.25, seed=0)
+    dm = PairDataModule(data_cfg(batch_size=B, val_fraction=0.25), tokenizer, seed=0)
     dm.setup("fit")
     collator = dm.collator
     dm.setup("fit")
@@ -224,7 +221,7 @@ def test_datamodule_batches(data_cfg, tokenizer, monkeypatch):
 
 
 def test_datamodule_empty_validation(data_cfg, tokenizer):
-    dm = PairDataModule(data_cfg, tokenizer, batch_size=4, val_fraction=0.0)
+    dm = PairDataModule(data_cfg(batch_size=4, val_fraction=0.0), tokenizer)
     dm.setup("fit")
     assert len(dm.train_set) == len(TRAIN) and dm.val_dataloader() == []
 
@@ -272,3 +269,45 @@ def test_resumable_loader_epoch_boundary_does_not_skip_next_epoch():
     assert resumed.batch_sampler.epoch == 2
     assert list(resumed) == full
     assert len(full) > 0
+
+
+# ---- degenerate lexicons: refused before any weights load, with the limit in the message -------------------------
+
+
+def _pairs_file(tmp_path, name, n):
+    path = tmp_path / name
+    path.write_text(json.dumps([{"swahili": s, "english": e} for s, e in TRAIN[:n]]), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("n,fraction,message", [
+    (3, 0.1, r"leaves 0 validation pair\(s\): validation metrics need at least 5"),
+    (12, 0.25, r"leaves 3 validation pair\(s\)"),
+    (2, 0.5, r"leaves 1 training pair\(s\); in-batch negatives need at least 2"),
+])
+def test_too_few_pairs_for_the_splits(tmp_path, tokenizer, n, fraction, message):
+    cfg = DataConfig(train_file=_pairs_file(tmp_path, "t.json", n), src_field="swahili", tgt_field="english",
+                     val_fraction=fraction)
+    with pytest.raises(DataError, match=message):
+        PairDataModule(cfg, tokenizer).prepare_lexicons()
+
+
+def test_small_validation_sets_warn_and_no_validation_is_allowed(tmp_path, tokenizer, caplog):
+    cfg = DataConfig(train_file=_pairs_file(tmp_path, "t.json", 30), src_field="swahili", tgt_field="english",
+                     val_fraction=0.3)
+    with caplog.at_level(logging.WARNING, logger="tli.data.datamodule"):
+        PairDataModule(cfg, tokenizer).prepare_lexicons()
+    assert re.search(r"validation on (8|9|10) pairs .* are noisy", caplog.text)
+    no_val = DataConfig(train_file=_pairs_file(tmp_path, "t.json", 3), src_field="swahili", tgt_field="english",
+                        val_fraction=0.0)
+    assert len(PairDataModule(no_val, tokenizer).prepare_lexicons().train) == 3
+
+
+def test_a_split_needs_two_pairs(tmp_path):
+    from tli.data.config import load_lexicons
+
+    cfg = DataConfig(train_file=_pairs_file(tmp_path, "t.json", 10), control_file=_pairs_file(tmp_path, "c.json", 1),
+                     src_field="swahili", tgt_field="english", audit=AuditPolicy(leaked_pair="ignore",
+                                                                                  leaked_word="ignore"))
+    with pytest.raises(DataError, match=r"c.json: the control set has 1 pair\(s\) after the audit; .* at least 2"):
+        load_lexicons(cfg)

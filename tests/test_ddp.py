@@ -17,10 +17,11 @@ import torch.multiprocessing as mp
 from conftest import compose
 from safetensors.torch import load_file
 
-import tli.train_job
-from tli.data import ResumableLoader, UniqueBatchSampler
-from tli.losses import InfoNCE, gather_with_grad
-from tli.train_job import TrainConfigError, check_distributed
+import tli.jobs.train
+from tli.data.datamodule import ResumableLoader, UniqueBatchSampler
+from tli.errors import ConfigError
+from tli.jobs.train import check_distributed
+from tli.training.losses import InfoNCE, gather_with_grad
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,25 +169,25 @@ def test_gathered_infonce_equals_single_process_over_the_global_batch(tmp_path):
 
 
 def test_trainer_ddp_config(tmp_path):
-    cfg = compose("train", [f"paths.output_dir={tmp_path}", "trainer=ddp"])["trainer"]
+    cfg = compose("train", [f"paths.output_dir={tmp_path}", "trainer=ddp"]).trainer
     assert (cfg["strategy"], cfg["devices"], cfg["accelerator"], cfg["precision"]) == ("ddp", 2, "auto", "auto")
-    assert compose("train", [f"paths.output_dir={tmp_path}", "trainer=ddp", "trainer.devices=4"])["trainer"][
+    assert compose("train", [f"paths.output_dir={tmp_path}", "trainer=ddp", "trainer.devices=4"]).trainer[
         "devices"] == 4
 
 
 def test_ddp_inside_a_multirun_is_refused_and_gather_off_warns(monkeypatch, caplog):
     trainer = L.Trainer(strategy="ddp", devices=2, accelerator="cpu", logger=False, enable_checkpointing=False)
-    monkeypatch.setattr(tli.train_job, "_hydra_multirun", lambda: True)
-    with pytest.raises(TrainConfigError, match="inside a Hydra multirun"):
+    monkeypatch.setattr(tli.jobs.train, "in_multirun", lambda: True)
+    with pytest.raises(ConfigError, match="inside a Hydra multirun"):
         check_distributed(trainer, InfoNCE(gather=True))
-    monkeypatch.setattr(tli.train_job, "_hydra_multirun", lambda: False)
-    with caplog.at_level("WARNING", logger="tli.train_job"):
+    monkeypatch.setattr(tli.jobs.train, "in_multirun", lambda: False)
+    with caplog.at_level("WARNING", logger="tli.jobs.train"):
         check_distributed(trainer, InfoNCE(gather=True))
         assert "loss.gather is off" not in caplog.text
         check_distributed(trainer, InfoNCE(gather=False))
         assert "loss.gather is off" in caplog.text
     one = L.Trainer(devices=1, accelerator="cpu", logger=False, enable_checkpointing=False)
-    monkeypatch.setattr(tli.train_job, "_hydra_multirun", lambda: True)
+    monkeypatch.setattr(tli.jobs.train, "in_multirun", lambda: True)
     check_distributed(one, InfoNCE(gather=False))  # one device per job in a sweep is fine
 
 
@@ -194,7 +195,7 @@ def test_ddp_inside_a_multirun_is_refused_and_gather_off_warns(monkeypatch, capl
 
 
 def _train(run_dir, tiny_dir, small_lexicons, *overrides):
-    cmd = [sys.executable, str(ROOT / "train.py"), f"model.name_or_path={tiny_dir}",
+    cmd = [sys.executable, str(ROOT / "train.py"), "model=tiny", "data=sw_en", f"model.name_or_path={tiny_dir}",
            f"data.train_file={small_lexicons[0]}", f"data.control_file={small_lexicons[1]}", f"hydra.run.dir={run_dir}",
            "trainer.accelerator=cpu", "trainer.num_sanity_val_steps=0", "trainer.max_epochs=1",
            "trainer.log_every_n_steps=1", "logger=csv", "callbacks.rich_progress_bar=false",
@@ -205,7 +206,7 @@ def _train(run_dir, tiny_dir, small_lexicons, *overrides):
     assert res.returncode == 0, res.stderr[-3000:]
     with (run_dir / "csv" / "metrics.csv").open() as f:
         losses = {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]}
-    return losses, load_file(run_dir / "adapter_last" / "adapter_model.safetensors"), res.stdout + res.stderr
+    return losses, load_file(run_dir / "adapter" / "adapter_model.safetensors"), res.stdout + res.stderr
 
 
 @pytest.mark.slow
@@ -223,8 +224,9 @@ def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path, tin
     resumed_loss, resumed, log = _train(tmp_path / "ddp", tiny_dir, small_lexicons, *ddp, "ckpt_path=last")
     assert "Restored all states from the checkpoint" in log
     assert sorted(single_loss) == list(range(6)) and sorted(ddp_loss) == list(range(4))
-    assert sorted(resumed_loss) == [4, 5]
-    ddp_loss.update(resumed_loss)
+    assert sorted(resumed_loss) == list(range(6))  # the resumed run keeps the history logged before the stop
+    assert all(resumed_loss[i] == ddp_loss[i] for i in range(4))
+    ddp_loss = resumed_loss
     torch.testing.assert_close(torch.tensor([ddp_loss[i] for i in range(6)]),
                                torch.tensor([single_loss[i] for i in range(6)]), rtol=1e-5, atol=0)
     assert single.keys() == resumed.keys()

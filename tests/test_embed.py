@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tli.embed import POOLINGS, PoolingError, PoolingSpec, embed_words
-from tli.modeling import ModelSpec, load_model
+from tli.errors import ConfigError
+from tli.model.embed import POOLINGS, Probe, embed_words
+from tli.model.loading import ModelSpec, load_model
 
 WORDS = ["maji", "water", "kitabu", "book", "mwalimu", "teacher", "물", "먹다", "hospitali", "kuandika", "eat"]
 
@@ -36,14 +37,14 @@ def _reference(tiny_dir, words, mode, template="{word}"):
 @pytest.mark.parametrize("mode", list(POOLINGS))
 def test_matches_plain_transformers(tiny_dir, tiny_fp32, mode):
     model, tok = tiny_fp32
-    got = embed_words(model, tok, WORDS, PoolingSpec(mode), batch_size=4)
+    got = embed_words(model, tok, WORDS, Probe(pooling=mode), batch_size=4)
     assert got.vectors.shape == (len(WORDS), 33, 64) and got.layers == list(range(33))
     torch.testing.assert_close(got.vectors, _reference(tiny_dir, WORDS, mode), atol=2e-5, rtol=1e-4)
 
 
 def test_template_tokens_are_excluded(tiny_dir, tiny_fp32):
     model, tok = tiny_fp32
-    spec = PoolingSpec("mean", template="the word {word}")
+    spec = Probe(pooling="mean", template="the word {word}")
     got = embed_words(model, tok, WORDS[:6], spec)
     ref = _reference(tiny_dir, WORDS[:6], "mean", spec.template)
     torch.testing.assert_close(got.vectors, ref, atol=2e-5, rtol=1e-4)
@@ -81,17 +82,17 @@ def test_bos_inclusive_pooling_makes_words_look_alike(tiny_nf4):
         n = v.shape[0]
         return (sim.sum((1, 2)) - sim.diagonal(dim1=1, dim2=2).sum(-1)) / (n * (n - 1))
     own = mean_offdiag(embed_words(model, tok, WORDS).vectors)
-    with_bos = mean_offdiag(embed_words(model, tok, WORDS, PoolingSpec("mean_all")).vectors)
+    with_bos = mean_offdiag(embed_words(model, tok, WORDS, Probe(pooling="mean_all")).vectors)
     assert with_bos[2] > 0.9 and own[2] < 0.6
 
 
 def test_errors(tiny_nf4):
     model, tok = tiny_nf4
-    with pytest.raises(PoolingError, match="model.pooling='max' is not a pooling mode; valid: mean, mean_all, last"):
-        PoolingSpec("max")
-    with pytest.raises(PoolingError, match="exactly once"):
-        PoolingSpec(template="no placeholder")
-    with pytest.raises(PoolingError, match=r"layers \[33\] are outside.*0..32"):
+    with pytest.raises(ConfigError, match="model.pooling='max' is not a pooling mode; valid: mean, mean_all, last"):
+        Probe(pooling="max")
+    with pytest.raises(ConfigError, match="exactly once"):
+        Probe(template="no placeholder")
+    with pytest.raises(ConfigError, match=r"layers=\[0, 33\] is outside this model.s range 0..32"):
         embed_words(model, tok, WORDS, layers=[0, 33])
-    with pytest.raises(PoolingError, match="no words"):
+    with pytest.raises(ConfigError, match="no words"):
         embed_words(model, tok, [])

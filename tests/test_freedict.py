@@ -1,4 +1,4 @@
-"""Tests for tli.freedict on a synthetic dictd dictionary shaped like FreeDict's (no FreeDict data copied)."""
+"""Tests for tli.data.freedict on a synthetic dictd dictionary shaped like FreeDict's (no FreeDict data copied)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tli.freedict import FreeDictError, import_freedict, parse_entry, read_dictd
+from tli.data.freedict import import_freedict, parse_entry, read_dictd
+from tli.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DIR = Path("/usr/share/dictd")
@@ -139,7 +140,7 @@ def test_import_reverse(tmp_path: Path) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "tli.freedict", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "tli.data.freedict", *args], capture_output=True, text=True, env=env,
                           timeout=60)
 
 
@@ -169,9 +170,9 @@ def test_cli_missing_package(tmp_path: Path) -> None:
 
 
 def test_error_missing_files(swh: tuple[Path, Path], tmp_path: Path) -> None:
-    with pytest.raises(FreeDictError, match="nope.index"):
+    with pytest.raises(DataError, match="nope.index"):
         list(read_dictd(tmp_path / "nope.index", swh[1]))
-    with pytest.raises(FreeDictError, match="nope.dict.dz"):
+    with pytest.raises(DataError, match="nope.dict.dz"):
         list(read_dictd(swh[0], tmp_path / "nope.dict.dz"))
 
 
@@ -179,7 +180,7 @@ def test_error_missing_files(swh: tuple[Path, Path], tmp_path: Path) -> None:
 def test_error_malformed_index_line(swh: tuple[Path, Path], line: str) -> None:
     index, dict_path = swh
     index.write_text("kitabu\tA\tB\n" + line, encoding="utf-8")
-    with pytest.raises(FreeDictError, match=r"freedict-swh-eng\.index:2: malformed index line"):
+    with pytest.raises(DataError, match=r"freedict-swh-eng\.index:2: malformed index line"):
         list(read_dictd(index, dict_path))
 
 
@@ -187,7 +188,7 @@ def test_error_offset_beyond_dict(swh: tuple[Path, Path]) -> None:
     index, dict_path = swh
     size = len(gzip.decompress(dict_path.read_bytes()))
     index.write_text(f"maji\t{b64(size - 2)}\t{b64(3)}\n", encoding="utf-8")
-    with pytest.raises(FreeDictError, match=rf"index:1: entry 'maji' .* only {size} bytes") as e:
+    with pytest.raises(DataError, match=rf"index:1: entry 'maji' .* only {size} bytes") as e:
         list(read_dictd(index, dict_path))
     assert str(dict_path) in str(e.value)
 
@@ -195,17 +196,17 @@ def test_error_offset_beyond_dict(swh: tuple[Path, Path]) -> None:
 def test_error_bad_utf8(tmp_path: Path) -> None:
     index, dict_path = write_dictd(tmp_path, "d", [("maji", "maji\n\nwater\n")], gz=False)
     dict_path.write_bytes(b"maji\n\nw\xffter\n")
-    with pytest.raises(FreeDictError, match=r"d\.dict: entry 'maji' \(index .*d\.index:1\) is not valid UTF-8"):
+    with pytest.raises(DataError, match=r"d\.dict: entry 'maji' \(index .*d\.index:1\) is not valid UTF-8"):
         list(read_dictd(index, dict_path))
     index.write_bytes(b"m\xffji\tA\tB\n")
-    with pytest.raises(FreeDictError, match=r"d\.index:1: index line is not valid UTF-8"):
+    with pytest.raises(DataError, match=r"d\.index:1: index line is not valid UTF-8"):
         list(read_dictd(index, dict_path))
 
 
 def test_error_corrupt_gzip(swh: tuple[Path, Path]) -> None:
     index, dict_path = swh
     dict_path.write_bytes(b"not gzip at all")
-    with pytest.raises(FreeDictError, match=r"freedict-swh-eng\.dict\.dz: cannot read dict data"):
+    with pytest.raises(DataError, match=r"freedict-swh-eng\.dict\.dz: cannot read dict data"):
         list(read_dictd(index, dict_path))
 
 

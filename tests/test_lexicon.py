@@ -8,8 +8,9 @@ import unicodedata
 
 import pytest
 
-from tli.audit import audit
-from tli.lexicon import FORMATS, Lexicon, LexiconError, Pair, bundled, list_bundled, normalize, read_lexicon
+from tli.data.audit import audit
+from tli.data.lexicon import FORMATS, Lexicon, Pair, bundled, list_bundled, normalize, read_lexicon
+from tli.errors import DataError
 
 PAIRS = [("maji", "water"), ("mkate", "bread"), ("chungwa", "orange")]
 
@@ -28,8 +29,8 @@ def as_tuples(lex: Lexicon) -> list[tuple[str, str]]:
 
 
 def raises(path, match_all: list[str], **kw) -> str:
-    """Read `path`, expect a LexiconError whose message contains every string in `match_all`."""
-    with pytest.raises(LexiconError) as info:
+    """Read `path`, expect a DataError whose message contains every string in `match_all`."""
+    with pytest.raises(DataError) as info:
         read_lexicon(path, **kw)
     msg = str(info.value)
     for part in match_all:
@@ -124,7 +125,7 @@ def test_fmt_overrides_the_suffix(tmp_path, fmt, text):
     path = tmp_path / "lexicon.txt"  # unknown suffix: only works with an explicit fmt
     path.write_text(text, encoding="utf-8")
     assert as_tuples(read_lexicon(path, fmt=fmt)) == PAIRS
-    with pytest.raises(LexiconError, match="unknown lexicon suffix"):
+    with pytest.raises(DataError, match="unknown lexicon suffix"):
         read_lexicon(path)
 
 
@@ -223,7 +224,7 @@ def test_pair_is_frozen():
 
 
 def test_lexicon_error_is_a_value_error():
-    assert issubclass(LexiconError, ValueError)
+    assert issubclass(DataError, ValueError)
 
 
 def test_missing_file(tmp_path):
@@ -417,7 +418,7 @@ def test_bundled_pass_strict_audit(pair):
 
 
 def test_bundled_unknown_name_lists_available():
-    with pytest.raises(LexiconError) as info:
+    with pytest.raises(DataError) as info:
         bundled("nope.json")
     msg = str(info.value)
     assert "'nope.json'" in msg and "available" in msg

@@ -2,9 +2,10 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
-from tli.embed import collate, hidden_states, pool, tokenize_words
-from tli.lora import LoraSpec, LoraSpecError, apply_lora, lora_parameters
-from tli.modeling import ModelLoadError, load_model
+from tli.errors import ConfigError, ModelError
+from tli.model.embed import collate, hidden_states, pool, tokenize_words
+from tli.model.loading import load_model
+from tli.model.lora import LoraSpec, apply_lora, lora_parameters
 
 
 @pytest.fixture
@@ -52,12 +53,12 @@ def test_gradients_reach_every_adapter_after_a_validation_pass(nf4_lora):
 def test_explicit_blocks_and_errors(tiny_spec):
     assert LoraSpec(blocks="all").block_numbers(2, 32) == list(range(1, 33))
     assert LoraSpec(blocks=[3, 1]).block_numbers(2, 32) == [1, 3]
-    with pytest.raises(LoraSpecError, match=r"lora.blocks=\[0, 40\].*1..32"):
+    with pytest.raises(ConfigError, match=r"lora.blocks=\[0, 40\].*1..32"):
         LoraSpec(blocks=[0, 40]).block_numbers(2, 32)
-    with pytest.raises(LoraSpecError, match="lora.r=0 must be a positive integer"):
+    with pytest.raises(ConfigError, match="lora.r=0 must be a positive integer"):
         LoraSpec(r=0)
-    with pytest.raises(LoraSpecError, match="lora.dropout"):
+    with pytest.raises(ConfigError, match="lora.dropout"):
         LoraSpec(dropout=1.5)
     model, _ = load_model(tiny_spec, device="cpu", num_layers_kept=2)
-    with pytest.raises(ModelLoadError, match=r"lora.target_modules=.*\['qproj'\] not found.*q_proj"):
+    with pytest.raises(ModelError, match=r"lora.target_modules=.*\['qproj'\] not found.*q_proj"):
         apply_lora(model, LoraSpec(target_modules=["qproj"]), target_layer=2)

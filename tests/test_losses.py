@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tli.losses import BatchHardTriplet, InfoNCE, build_loss, false_negative_mask
+from tli.training.losses import BatchHardTriplet, InfoNCE, build_loss, false_negative_mask
 
 # ---- independent reference: no torch, explicit loops ------------------------------------------------------------
 

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from tli.memory import main, parameter_counts, weight_bytes
-from tli.modeling import ModelSpec, load_model
+from tli.model.loading import ModelSpec, load_model
+from tli.model.memory import main, parameter_counts, weight_bytes
 
 
 def test_parameter_counts_and_nf4_footprint_match_the_loaded_tiny_model(tiny_dir, tiny_nf4):

@@ -1,4 +1,4 @@
-"""Tests for tli.metrics against independent loop / numpy reference implementations."""
+"""Tests for tli.eval.metrics against independent loop / numpy reference implementations."""
 
 from __future__ import annotations
 
@@ -6,17 +6,21 @@ import numpy as np
 import pytest
 import torch
 
-from tli.metrics import (
-    alignment_report,
-    bootstrap_ci,
-    csls_p_at_1,
-    csls_scores,
-    gold_matrix,
-    mismatched_baseline,
-    pair_cosines,
-    retrieval,
-    retrieval_both,
+from tli.errors import ConfigError
+from tli.eval.metrics import (
+    COUNTS,
+    CRITERIA,
+    METRICS,
+    Centring,
+    MetricOptions,
+    alignment,
+    metric,
+    metric_key,
+    mismatched_moments,
+    pair_scores,
 )
+from tli.eval.pairs import GoldPairs, pair_cosines
+from tli.eval.retrieval import _pools, pool_retrieval, retrieval
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -30,25 +34,21 @@ def _np_cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("id,jd->ij", a, b)
 
 
-def _ref_retrieval(scores: np.ndarray, gold: np.ndarray, ks=(1, 5)) -> dict[str, float]:
-    """Loop reference: stable argsort by descending score, first gold position (ties are absent in random data)."""
-    hits = {k: [] for k in ks}
-    rr = []
+def _ref_ranks(scores: np.ndarray, gold: np.ndarray) -> list[int]:
+    """Loop reference: the 1-based position of the first gold column in a stable descending sort."""
+    out = []
     for i in range(scores.shape[0]):
-        if not gold[i].any():
-            continue
         order = np.argsort(-scores[i], kind="stable")
-        first = next(pos for pos, j in enumerate(order) if gold[i, j]) + 1
-        rr.append(1.0 / first)
-        for k in ks:
-            hits[k].append(float(first <= k))
-    out = {f"p_at_{k}": float(np.mean(v)) for k, v in hits.items()}
-    out["mrr"] = float(np.mean(rr))
+        out.append(next(pos for pos, j in enumerate(order) if gold[i, j]) + 1)
     return out
 
 
-def _ref_csls(src: np.ndarray, tgt: np.ndarray, k: int) -> np.ndarray:
-    cos = _np_cos(src, tgt)
+def _ref_summary(scores: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    r = np.array(_ref_ranks(scores, gold), dtype=float)
+    return {"p_at_1": float((r <= 1).mean()), "p_at_5": float((r <= 5).mean()), "mrr": float((1 / r).mean())}
+
+
+def _ref_csls(cos: np.ndarray, k: int) -> np.ndarray:
     n, m = cos.shape
     out = np.zeros_like(cos)
     for i in range(n):
@@ -59,16 +59,36 @@ def _ref_csls(src: np.ndarray, tgt: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def test_gold_matrix_unique_order_and_pairs():
-    src_u, tgt_u, gold, ps, pt = gold_matrix(["maji", "moto", "maji", "nyumba"], ["water", "fire", "waters", "house"])
-    assert src_u == ["maji", "moto", "nyumba"]
-    assert tgt_u == ["water", "fire", "waters", "house"]
-    assert ps.tolist() == [0, 1, 0, 2] and pt.tolist() == [0, 1, 2, 3]
+def _lexicon(n_pairs: int = 14, seed: int = 0):
+    """Pairs with shared words (a source with two translations, a target with two sources) and their vectors."""
+    src_words = [f"s{i}" for i in range(n_pairs)]
+    tgt_words = [f"t{i}" for i in range(n_pairs)]
+    src_words[3], tgt_words[7] = "s0", "t5"  # s0 has two translations; t5 two sources
+    gold = GoldPairs.from_pairs(src_words, tgt_words)
+    src, tgt = _rand(len(gold.src_keys), 6, seed=seed), _rand(len(gold.tgt_keys), 6, seed=seed + 1)
+    tgt[gold.tgt_index[:6]] += 2.0 * src[gold.src_index[:6]]  # some pairs aligned, so ranks vary
+    return gold, src, tgt
+
+
+def test_gold_pairs_unique_order_indices_and_first_rows():
+    gold = GoldPairs.from_pairs(["maji", "moto", "maji", "nyumba"], ["water", "fire", "waters", "house"])
+    assert gold.src_keys == ["maji", "moto", "nyumba"] and gold.tgt_keys == ["water", "fire", "waters", "house"]
+    assert gold.src_index.tolist() == [0, 1, 0, 2] and gold.tgt_index.tolist() == [0, 1, 2, 3]
     expected = np.zeros((3, 4), dtype=bool)
     expected[[0, 1, 0, 2], [0, 1, 2, 3]] = True
-    assert np.array_equal(gold.numpy(), expected)
+    assert np.array_equal(gold.matrix().numpy(), expected)
+    s, t = gold.first_rows()
+    assert s.tolist() == [0, 1, 3] and t.tolist() == [0, 1, 2, 3]
     with pytest.raises(ValueError):
-        gold_matrix(["a"], ["b", "c"])
+        GoldPairs.from_pairs(["a"], ["b", "c"])
+
+
+def test_excluded_pairs_are_exactly_the_pairs_sharing_a_word():
+    gold, _, _ = _lexicon()
+    s, t = gold.src_index.tolist(), gold.tgt_index.tolist()
+    expected = {(i, j) for i in range(len(s)) for j in range(len(s)) if s[i] == s[j] or t[i] == t[j]}
+    ei, ej = gold.excluded_pairs
+    assert set(zip(ei.tolist(), ej.tolist(), strict=True)) == expected and len(ei) == len(expected)
 
 
 def test_pair_cosines_matches_numpy_and_batches():
@@ -78,170 +98,153 @@ def test_pair_cosines_matches_numpy_and_batches():
     for layer in range(4):
         ref = np.diag(_np_cos(src[layer].numpy(), tgt[layer].numpy()))
         np.testing.assert_allclose(out[layer].numpy(), ref, atol=1e-12)
-        np.testing.assert_allclose(pair_cosines(src[layer], tgt[layer]).numpy(), ref, atol=1e-12)
 
 
-def test_identical_embeddings_perfect_retrieval():
+def test_mismatched_moments_equal_brute_force_without_translations():
+    gold, src, tgt = _lexicon()
+    cos = _np_cos(src.numpy(), tgt.numpy())
+    s, t = gold.src_index.tolist(), gold.tgt_index.tolist()
+    vals = [cos[s[i], t[j]] for i in range(len(s)) for j in range(len(s)) if s[i] != s[j] and t[i] != t[j]]
+    mean, sd = mismatched_moments(src[gold.src_index], tgt[gold.tgt_index], gold)
+    assert mean == pytest.approx(np.mean(vals), abs=1e-12) and sd == pytest.approx(np.std(vals), abs=1e-10)
+    everything = [cos[s[i], t[j]] for i in range(len(s)) for j in range(len(s)) if i != j]
+    assert np.mean(everything) != pytest.approx(mean, abs=1e-6)  # the exclusion of shared words matters here
+    one = GoldPairs.from_pairs(["a"], ["b"])
+    assert all(np.isnan(mismatched_moments(src[:1], tgt[:1], one)))
+
+
+def test_identical_embeddings_retrieve_perfectly():
     x = _rand(12, 32, seed=3)
-    gold = torch.eye(12, dtype=torch.bool)
+    gold = GoldPairs.from_pairs(list(range(12)), list(range(12)))
     res = retrieval(x, x.clone(), gold)
-    assert res == {"p_at_1": 1.0, "p_at_5": 1.0, "mrr": 1.0}
-    both = retrieval_both(x, x.clone(), gold)
-    assert both["s2t_p_at_1"] == both["t2s_p_at_1"] == both["t2s_mrr"] == 1.0
+    assert res["p_at_1"] == res["mrr"] == res["csls_p_at_1"] == res["t2s_mrr"] == 1.0
 
 
 def test_known_permutation_zero_p_at_1_and_hand_mrr():
-    # tgt row j holds the embedding of src row (j + 1) % 4, and gold says src i <-> tgt i: every query's own vector
-    # sits at tgt (i - 1) % 4 (rank 1, not gold). With orthonormal rows all other cosines are 0, tied; the optimistic
-    # rule ranks the gold target 2nd. So P@1 = 0, P@5 = 1, MRR = 1/2.
+    # tgt j holds the vector of src (j + 1) % 4; orthonormal rows tie every other cosine at 0 and the optimistic
+    # rule ranks the gold target 2nd: P@1 = 0, P@5 = 1, MRR = 1/2 in both directions.
     src = torch.eye(4, 8, dtype=torch.float64)
-    tgt = src[[1, 2, 3, 0]]
-    res = retrieval(src, tgt, torch.eye(4, dtype=torch.bool))
+    res = retrieval(src, src[[1, 2, 3, 0]], GoldPairs.from_pairs(list(range(4)), list(range(4))))
     assert res["p_at_1"] == 0.0 and res["p_at_5"] == 1.0 and res["mrr"] == pytest.approx(0.5)
 
 
 def test_hand_computed_ranks_with_distinct_scores():
-    # 1-D angles give a fully known cosine ordering. src angle 0, tgt angles 0.1, 0.3, 0.6, 1.0 (rad):
-    # gold = tgt 2 -> rank 3 (MRR 1/3); a second query at angle 1.0 with gold tgt 0 -> rank 4 (MRR 1/4).
+    # src angle 0 has gold tgt at 0.6 rad (rank 3 among 0.1, 0.3, 0.6, 1.0); src angle 1.0 has gold tgt 0.1 (rank 4).
     ang = torch.tensor([0.1, 0.3, 0.6, 1.0], dtype=torch.float64)
     tgt = torch.stack([ang.cos(), ang.sin()], 1)
     src = torch.tensor([[1.0, 0.0], [np.cos(1.0), np.sin(1.0)]], dtype=torch.float64)
-    gold = torch.zeros(2, 4, dtype=torch.bool)
-    gold[0, 2] = gold[1, 0] = True
-    res = retrieval(src, tgt, gold, ks=(1, 3))
-    assert res["p_at_1"] == 0.0 and res["p_at_3"] == 0.5
-    assert res["mrr"] == pytest.approx((1 / 3 + 1 / 4) / 2)
+    gold = GoldPairs(["x", "y"], ["a", "b", "c", "d"], torch.tensor([0, 1]), torch.tensor([2, 0]))
+    res = retrieval(src, tgt, gold)
+    assert res["s2t_p_at_1"] == 0.0 and res["s2t_mrr"] == pytest.approx((1 / 3 + 1 / 4) / 2)
 
 
 def test_two_gold_translations_either_top1_is_hit():
     src = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
     tgt = torch.tensor([[0.9, 0.1, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.1, 0.0, 1.0]], dtype=torch.float64)
-    gold = torch.zeros(2, 4, dtype=torch.bool)
-    gold[0, 0] = gold[0, 2] = True  # top-1 for src 0 is tgt 1 (not gold), tgt 0 second -> rank 2
-    gold[1, 3] = True
+    # src 0's translations are tgt 0 and tgt 2; its nearest target is tgt 1 (not gold), tgt 0 second: rank 2
+    gold = GoldPairs(["x", "y"], ["a", "b", "c", "d"], torch.tensor([0, 0, 1]), torch.tensor([0, 2, 3]))
     res = retrieval(src, tgt, gold)
-    assert res["p_at_1"] == 0.5 and res["mrr"] == pytest.approx(0.75)
-    gold[0, 1] = True  # now the top-1 is one of three gold translations
-    assert retrieval(src, tgt, gold)["p_at_1"] == 1.0
-    assert retrieval(src, tgt, gold)["mrr"] == 1.0
+    assert res["s2t_p_at_1"] == 0.5 and res["s2t_mrr"] == pytest.approx(0.75)
+    gold3 = GoldPairs(["x", "y"], ["a", "b", "c", "d"], torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 2, 3]))
+    assert retrieval(src, tgt, gold3)["s2t_p_at_1"] == 1.0  # now the top-1 is one of three translations
 
 
-def test_retrieval_matches_loop_reference_and_rows_without_gold_are_skipped():
-    src, tgt = _rand(9, 6, seed=4), _rand(11, 6, seed=5)
-    rng = np.random.default_rng(0)
-    gold = rng.random((9, 11)) < 0.15
-    gold[3] = False  # no gold target: excluded from averages
-    gold[0, 0] = True
-    res = retrieval(src, tgt, torch.from_numpy(gold))
-    ref = _ref_retrieval(_np_cos(src.numpy(), tgt.numpy()), gold)
-    for k, v in ref.items():
-        assert res[k] == pytest.approx(v, abs=1e-12), k
-    both = retrieval_both(src, tgt, torch.from_numpy(gold))
-    ref_t2s = _ref_retrieval(_np_cos(tgt.numpy(), src.numpy()), gold.T)
-    for k, v in ref_t2s.items():
-        assert both[f"t2s_{k}"] == pytest.approx(v, abs=1e-12), k
+@pytest.mark.parametrize("chunk", [1, 3, 4096])
+def test_retrieval_and_csls_match_loop_references_in_any_chunking(chunk):
+    gold, src, tgt = _lexicon()
+    res = retrieval(src, tgt, gold, csls_k=3, chunk=chunk)
+    cos, g = _np_cos(src.numpy(), tgt.numpy()), gold.matrix().numpy()
+    s2t, t2s = _ref_summary(cos, g), _ref_summary(cos.T, g.T)
+    assert s2t["mrr"] != pytest.approx(t2s["mrr"])  # directions differ, so the averaging is really tested
+    for key in ("p_at_1", "p_at_5", "mrr"):
+        assert res[f"s2t_{key}"] == pytest.approx(s2t[key], abs=1e-12)
+        assert res[f"t2s_{key}"] == pytest.approx(t2s[key], abs=1e-12)
+        assert res[key] == pytest.approx((s2t[key] + t2s[key]) / 2, abs=1e-12)
+    csls = _ref_csls(cos, 3)
+    expected = (_ref_summary(csls, g)["p_at_1"] + _ref_summary(csls.T, g.T)["p_at_1"]) / 2
+    assert res["csls_p_at_1"] == pytest.approx(expected, abs=1e-12)
 
 
-def test_no_gold_at_all_gives_nan():
-    res = retrieval(_rand(3, 4), _rand(3, 4, seed=1), torch.zeros(3, 3, dtype=torch.bool))
-    assert np.isnan(res["p_at_1"]) and np.isnan(res["mrr"])
+def test_pool_retrieval_equals_a_loop_over_the_same_pools():
+    gold, src, tgt = _lexicon(20)
+    ps, pt = src[gold.src_index], tgt[gold.tgt_index]
+    res = pool_retrieval(ps, pt, gold, pool_size=5, n_pools=30, seed=4)
+    pools = _pools(gold.n_pairs, 5, 30, 4).numpy()
+    s, t = gold.src_index.numpy(), gold.tgt_index.numpy()
+    p1, rr = [], []
+    for pool in pools:
+        cos = _np_cos(ps.numpy()[pool], pt.numpy()[pool])
+        g = (s[pool][:, None] == s[pool][None, :]) | (t[pool][:, None] == t[pool][None, :])
+        for scores, gm in ((cos, g), (cos.T, g.T)):
+            ranks = np.array(_ref_ranks(scores, gm), dtype=float)
+            p1.append((ranks <= 1).mean())
+            rr.append((1 / ranks).mean())
+    assert res["pool_size"] == 5 and res["pool_p_at_1"] == pytest.approx(np.mean(p1), abs=1e-12)
+    assert res["pool_mrr"] == pytest.approx(np.mean(rr), abs=1e-12)
+    small = pool_retrieval(ps[:3], pt[:3], GoldPairs.from_pairs([0, 1, 2], [0, 1, 2]), 5, 30, 4)
+    assert small["pool_size"] == 3  # fewer pairs than the pool size: one pool of all of them
 
 
-def test_baseline_excludes_diagonal_and_gold():
-    src, tgt = _rand(6, 5, seed=6), _rand(6, 5, seed=7)
+def test_pair_scores_margin_is_exact_and_pool_rank_is_bounded():
+    gold, src, tgt = _lexicon()
+    scores = pair_scores(src, tgt, gold, MetricOptions(pool_size=5, seed=1))
     cos = _np_cos(src.numpy(), tgt.numpy())
-    vals = [cos[i, j] for i in range(6) for j in range(6) if i != j]
-    assert mismatched_baseline(src, tgt) == pytest.approx(np.mean(vals), abs=1e-12)
-    gold = torch.zeros(6, 6, dtype=torch.bool)
-    gold[0, 1] = gold[4, 2] = True
-    vals_g = [cos[i, j] for i in range(6) for j in range(6) if i != j and (i, j) not in {(0, 1), (4, 2)}]
-    assert mismatched_baseline(src, tgt, gold=gold) == pytest.approx(np.mean(vals_g), abs=1e-12)
-    assert np.mean(vals_g) != pytest.approx(np.mean(vals), abs=1e-6)  # the exclusion actually matters here
+    s, t = gold.src_index.tolist(), gold.tgt_index.tolist()
+    for i in range(len(s)):
+        others = [cos[s[i], t[j]] for j in range(len(s)) if s[i] != s[j] and t[i] != t[j]]
+        assert float(scores["margin"][i]) == pytest.approx(cos[s[i], t[i]] - np.mean(others), abs=1e-12)
+        assert float(scores["cosine"][i]) == pytest.approx(cos[s[i], t[i]], abs=1e-12)
+    assert ((scores["pool_mrr"] >= 1 / 5 - 1e-12) & (scores["pool_mrr"] <= 1)).all()
+    again = pair_scores(src, tgt, gold, MetricOptions(pool_size=5, seed=1))
+    assert torch.equal(again["pool_mrr"], scores["pool_mrr"])  # seeded
+    one_to_one = GoldPairs.from_pairs(list(range(8)), list(range(8)))
+    x = _rand(8, 6, seed=3)
+    assert pair_scores(x, x.clone(), one_to_one)["pool_mrr"].tolist() == [1.0] * 8  # identical vectors rank first
 
 
-def test_baseline_batched_equals_per_layer():
-    src, tgt = _rand(3, 8, 10, seed=8), _rand(3, 8, 10, seed=9)
-    out = mismatched_baseline(src, tgt)
-    assert isinstance(out, torch.Tensor) and out.shape == (3,)
-    for layer in range(3):
-        assert float(out[layer]) == pytest.approx(mismatched_baseline(src[layer], tgt[layer]), abs=1e-12)
+def test_alignment_returns_the_registry_and_agrees_with_its_parts():
+    gold, src, tgt = _lexicon()
+    out = alignment(src, tgt, gold, MetricOptions(csls_k=3, pool_size=5, n_pools=10))
+    assert set(out) == set(METRICS) | set(COUNTS)
+    mean, sd = mismatched_moments(src[gold.src_index], tgt[gold.tgt_index], gold)
+    cos = float(pair_cosines(src[gold.src_index], tgt[gold.tgt_index]).mean())
+    assert out["cosine"] == pytest.approx(cos) and out["baseline_cosine"] == pytest.approx(mean)
+    assert out["margin_z"] == pytest.approx((cos - mean) / sd)
+    assert out["retrieval_pool"] == len(gold.tgt_keys) and out["n_pairs"] == gold.n_pairs
+    for key, value in retrieval(src, tgt, gold, csls_k=3).items():
+        assert out[key] == pytest.approx(value)
 
 
-def test_retrieval_and_csls_batched_equal_per_layer():
-    src, tgt = _rand(3, 7, 5, seed=10), _rand(3, 9, 5, seed=11)
-    gold = torch.zeros(7, 9, dtype=torch.bool)
-    gold[torch.arange(7), torch.arange(7)] = True
-    batched = retrieval(src, tgt, gold)
-    csls_b = csls_p_at_1(src, tgt, gold, k=3)
-    for layer in range(3):
-        single = retrieval(src[layer], tgt[layer], gold)
-        for k in single:
-            assert float(batched[k][layer]) == pytest.approx(single[k], abs=1e-12)
-        assert float(csls_b[layer]) == pytest.approx(csls_p_at_1(src[layer], tgt[layer], gold, k=3), abs=1e-12)
+def test_large_sets_are_scored_on_a_documented_sample():
+    gold = GoldPairs.from_pairs(list(range(60)), list(range(60)))
+    src, tgt = _rand(60, 8, seed=5), _rand(60, 8, seed=6)
+    opts = MetricOptions(max_pool=25, pool_size=5, seed=3)
+    out = alignment(src, tgt, gold, opts)
+    assert out["retrieval_pool"] == 25 and out["n_pairs"] == 60  # cosines over all pairs, retrieval on 25
+    sample = torch.randperm(60, generator=torch.Generator().manual_seed(3))[:25]
+    sub, s_rows, t_rows = gold.subset(sample)
+    assert out["mrr"] == pytest.approx(retrieval(src[s_rows], tgt[t_rows], sub)["mrr"])
+    assert alignment(src, tgt, gold, opts) == out  # seeded
 
 
-@pytest.mark.parametrize("k", [1, 3, 50])  # 50 > N and M: clamped
-def test_csls_matches_loop_formula(k):
-    src, tgt = _rand(6, 4, seed=12), _rand(8, 4, seed=13)
-    out = csls_scores(src, tgt, k=k)
-    np.testing.assert_allclose(out.numpy(), _ref_csls(src.numpy(), tgt.numpy(), k), atol=1e-12)
-    np.testing.assert_allclose(csls_scores(tgt, src, k=k).numpy(), out.numpy().T, atol=1e-12)
+def test_centring_uses_the_training_means():
+    src, tgt = _rand(30, 2, 8, seed=7) + 5.0, _rand(25, 2, 8, seed=8) - 3.0  # a large shared direction per language
+    c = Centring.fit(src, tgt)
+    centred = c.apply(src, "src")
+    assert torch.allclose(centred.norm(dim=-1), torch.ones(30, 2, dtype=torch.float64))
+    n = torch.nn.functional.normalize
+    expected = n(n(src, dim=-1) - n(src, dim=-1).mean(0), dim=-1)
+    torch.testing.assert_close(centred, expected)
+    other = _rand(5, 2, 8, seed=9)  # a control split is centred with the training statistics
+    torch.testing.assert_close(c.apply(other, "tgt"), n(n(other, dim=-1) - n(tgt, dim=-1).mean(0), dim=-1))
 
 
-def test_csls_p_at_1_matches_reference_argmax():
-    src, tgt = _rand(10, 4, seed=14), _rand(10, 4, seed=15)
-    gold = torch.eye(10, dtype=torch.bool)
-    ref = _ref_csls(src.numpy(), tgt.numpy(), 3)
-    expected = np.mean([np.argmax(ref[i]) == i for i in range(10)])
-    assert csls_p_at_1(src, tgt, gold, k=3) == pytest.approx(expected)
-    assert csls_p_at_1(src, src, gold, k=3) == 1.0
-
-
-def test_bootstrap_ci_deterministic_and_contains_mean():
-    vals = torch.from_numpy(np.random.default_rng(1).normal(0.3, 0.1, size=200))
-    a, b = bootstrap_ci(vals, n_boot=500, seed=7), bootstrap_ci(vals.numpy(), n_boot=500, seed=7)
-    assert a == b
-    assert a[0] < float(vals.mean()) < a[1]
-    assert bootstrap_ci(vals, n_boot=500, seed=8) != a
-    half_width = 1.96 * float(vals.std()) / np.sqrt(200)  # normal-theory width; percentile CI should be close
-    assert (a[1] - a[0]) / 2 == pytest.approx(half_width, rel=0.2)
-    # reference percentile bootstrap written out directly: one (n_boot, n) index matrix from the same seeded generator
-    v = vals.numpy()
-    idx = np.random.default_rng(7).integers(0, v.size, size=(500, v.size))
-    ref_means = np.array([v[row].mean() for row in idx])
-    assert a == pytest.approx(tuple(np.percentile(ref_means, [2.5, 97.5])), abs=1e-12)
-    a90 = bootstrap_ci(vals, n_boot=500, alpha=0.1, seed=7)
-    assert a90 == pytest.approx(tuple(np.percentile(ref_means, [5, 95])), abs=1e-12)
-    assert bootstrap_ci([2.0], n_boot=10) == (2.0, 2.0)
-    assert all(np.isnan(bootstrap_ci([], n_boot=10)))
-
-
-def test_alignment_report_consistent_with_components():
-    words_s = ["a", "b", "c", "a", "d", "e"]
-    words_t = ["A", "B", "C", "A2", "D", "E"]
-    src_u, tgt_u, gold, ps, pt = gold_matrix(words_s, words_t)
-    src, tgt = _rand(len(src_u), 8, seed=16), _rand(len(tgt_u), 8, seed=17)
-    tgt[:5] = src[[0, 1, 2, 0, 3]] + 3.0 * tgt[:5]  # A, B, C, A2, D noisily near their sources; E random
-    rep = alignment_report(src, tgt, gold, ps, pt, csls_k=2, n_boot=200)
-    cos = np.array(
-        [_np_cos(src[[i]].numpy(), tgt[[j]].numpy())[0, 0] for i, j in zip(ps.tolist(), pt.tolist(), strict=True)]
-    )
-    assert rep["n_pairs"] == 6
-    assert rep["cosine"] == pytest.approx(cos.mean(), abs=1e-12)
-    assert rep["cosine_ci_low"] <= rep["cosine"] <= rep["cosine_ci_high"]
-    full = _np_cos(src.numpy(), tgt.numpy())
-    g = gold.numpy()
-    psn, ptn = ps.numpy(), pt.numpy()
-    off = [full[psn[i], ptn[j]] for i in range(6) for j in range(6) if i != j and not g[psn[i], ptn[j]]]
-    assert rep["baseline_cosine"] == pytest.approx(np.mean(off), abs=1e-12)
-    assert rep["margin"] == pytest.approx(rep["cosine"] - rep["baseline_cosine"], abs=1e-12)
-    s2t, t2s = _ref_retrieval(full, g), _ref_retrieval(full.T, g.T)
-    assert s2t["mrr"] != pytest.approx(t2s["mrr"])  # directions differ, so the averaging below is really tested
-    assert rep["s2t_mrr"] == pytest.approx(s2t["mrr"]) and rep["t2s_p_at_5"] == pytest.approx(t2s["p_at_5"])
-    assert rep["p_at_1"] == pytest.approx((s2t["p_at_1"] + t2s["p_at_1"]) / 2)
-    assert rep["mrr"] == pytest.approx((s2t["mrr"] + t2s["mrr"]) / 2)
-    cs = _ref_csls(src.numpy(), tgt.numpy(), 2)
-    csls_s2t, csls_t2s = _ref_retrieval(cs, g, ks=(1,))["p_at_1"], _ref_retrieval(cs.T, g.T, ks=(1,))["p_at_1"]
-    assert csls_s2t != csls_t2s
-    expected_csls = (csls_s2t + csls_t2s) / 2
-    assert rep["csls_p_at_1"] == pytest.approx(expected_csls)
+def test_registry_names_keys_and_errors():
+    assert metric("mrr", "objective.metric").higher_is_better
+    assert "baseline_cosine" not in CRITERIA and "mrr" in CRITERIA and "margin_z" in CRITERIA
+    with pytest.raises(ConfigError, match="scan.criterion='mrrr' is not a metric; valid: .*mrr"):
+        metric("mrrr", "scan.criterion")
+    assert metric_key("val", "p_at_1", 12) == "val/p_at_1@12"
+    assert metric_key("val", "p_at_1", 12, centred=True) == "val/centred/p_at_1@12"
+    with pytest.raises(ConfigError, match="metrics.pool_size=1 must be >= 2"):
+        MetricOptions(pool_size=1)

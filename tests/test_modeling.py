@@ -6,14 +6,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from tli.modeling import (
-    ModelLoadError,
-    ModelSpec,
-    check_layer,
-    find_decoder_layers,
-    load_config,
-    load_model,
-)
+from tli.errors import ConfigError, ModelError
+from tli.model.loading import ModelSpec, check_layer, find_decoder_layers, load_config, load_model
 
 
 def test_nf4_linear_layers_are_bitsandbytes_4bit(tiny_nf4):
@@ -61,39 +55,40 @@ def test_missing_and_unexpected_weights_are_errors(tmp_path, tiny_dir):
         sd = load_file(broken / "model.safetensors")
         edit(sd)
         save_file(sd, broken / "model.safetensors", metadata={"format": "pt"})
-        with pytest.raises(ModelLoadError, match=label) as err:
+        with pytest.raises(ModelError, match=label) as err:
             load_model(ModelSpec(name_or_path=str(broken), quantization="none"), device="cpu")
         assert str(broken) in str(err.value)
 
 
 def test_bad_model_paths_and_ids(tmp_path):
-    with pytest.raises(ModelLoadError, match="model.name_or_path.*no such directory"):
+    with pytest.raises(ModelError, match="model.name_or_path.*no such directory"):
         load_config(ModelSpec(name_or_path=str(tmp_path / "nope")))
-    with pytest.raises(ModelLoadError, match="model.name_or_path='nobody-xyz/no-model'.*hub"):
+    with pytest.raises(ModelError, match="model.name_or_path='nobody-xyz/no-model'.*hub"):
         load_config(ModelSpec(name_or_path="nobody-xyz/no-model"))
     (tmp_path / "file.bin").write_bytes(b"x")
-    with pytest.raises(ModelLoadError, match="is a file"):
+    with pytest.raises(ModelError, match="is a file"):
         load_config(ModelSpec(name_or_path=str(tmp_path / "file.bin")))
 
 
 def test_bad_settings(tiny_spec, monkeypatch):
-    with pytest.raises(ModelLoadError, match="model.quantization='nf8' is not one of nf4, fp4, int8, none"):
+    with pytest.raises(ConfigError, match="model.quantization='nf8' is not one of nf4, fp4, int8, none"):
         ModelSpec(quantization="nf8")
-    with pytest.raises(ModelLoadError, match="model.dtype"):
+    with pytest.raises(ConfigError, match="model.dtype"):
         ModelSpec(dtype="float8")
     _, config = load_config(tiny_spec)
     assert check_layer(config, 32) == 32
     for bad in (0, 33, -1):
-        with pytest.raises(ModelLoadError, match=r"model.target_layer=.* outside this model's range 1..32"):
+        with pytest.raises(ConfigError, match=r"model.target_layer=.* outside this model's range 1..32"):
             check_layer(config, bad)
     # bitsandbytes absent (simulated: find_spec says it is not installed)
-    import tli.modeling
+    import tli.model.loading
 
-    real = tli.modeling.importlib.util.find_spec
+    real = tli.model.loading.importlib.util.find_spec
     monkeypatch.setattr(
-        tli.modeling.importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
+        tli.model.loading.importlib.util, "find_spec",
+        lambda name, *a: None if name == "bitsandbytes" else real(name, *a),
     )
-    with pytest.raises(ModelLoadError, match="model.quantization='nf4' needs bitsandbytes"):
+    with pytest.raises(ModelError, match="model.quantization='nf4' needs bitsandbytes"):
         load_model(tiny_spec, device="cpu")
 
 
@@ -115,3 +110,14 @@ def test_other_llama_family_models_load_and_expose_blocks(tmp_path, tiny_dir, fa
     name, layers = find_decoder_layers(model)
     assert len(layers) == 4 and isinstance(layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
     assert tok.pad_token is not None
+
+
+def test_a_multimodal_model_is_refused_with_a_clear_message(tmp_path):
+    config = AutoConfig.for_model("gemma3", text_config={"hidden_size": 64, "num_hidden_layers": 2,
+                                                         "intermediate_size": 128, "num_attention_heads": 2,
+                                                         "num_key_value_heads": 1, "head_dim": 32},
+                                  vision_config={"hidden_size": 64, "num_hidden_layers": 1, "intermediate_size": 128,
+                                                 "num_attention_heads": 2})
+    config.save_pretrained(tmp_path)
+    with pytest.raises(ModelError, match=r"is a multimodal model \(Gemma3Config\): tli works on text-only"):
+        load_config(ModelSpec(name_or_path=str(tmp_path)))

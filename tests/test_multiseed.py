@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_one_command_trains_seeds_and_writes_the_report_across_them(tmp_path, tiny_dir, small_lexicons):
     sweep = tmp_path / "seeds"
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "multiseed=default", "seed=0,1",
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "model=tiny", "data=sw_en", "multiseed=default", "seed=0,1",
            "hydra.callbacks.seed_report.n_boot=200",
            f"hydra.sweep.dir={sweep}", f"model.name_or_path={tiny_dir}", f"data.train_file={small_lexicons[0]}",
            f"data.control_file={small_lexicons[1]}", "data.batch_size=8", "trainer.num_sanity_val_steps=0",
@@ -21,10 +21,10 @@ def test_one_command_trains_seeds_and_writes_the_report_across_them(tmp_path, ti
     summary = json.loads((sweep / "eval" / "summary.json").read_text())
     assert sorted(summary["runs"]) == ["run0", "run1"]
     assert summary["settings"]["adapters"] == [str(sweep / "0" / "adapter"), str(sweep / "1" / "adapter")]
-    deltas = [summary["runs"][r]["control"]["32"]["delta"] for r in ("run0", "run1")]
-    agg = summary["aggregate"]["control"]["32"]["delta"]
+    deltas = [summary["runs"][r]["control"]["32"]["raw"]["paired"]["cosine"]["delta"] for r in ("run0", "run1")]
+    agg = summary["aggregate"]["control"]["32"]["raw"]["cosine_paired_delta"]
     assert agg["n"] == 2 and abs(agg["mean"] - sum(deltas) / 2) < 1e-12
     assert deltas[0] != deltas[1]  # the seeds really differ
     report = (sweep / "eval" / "report.md").read_text()
-    assert "Across runs" in report and "Targeted?" in report
+    assert "Across runs" in report and "trained vs control" in report
     assert (sweep / "sweep_summary.csv").exists()

@@ -28,13 +28,16 @@ def _hydra_cfg(*overrides: str):
     """conf/train.yaml composed with the hydra node (launcher, sweeper), as `python train.py -m` would."""
     from hydra import compose, initialize_config_dir
 
+    from tli.config import register
+
+    register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("train", overrides=["paths.output_dir=unused", *overrides], return_hydra_config=True)
 
 
 def _train_cmd(tiny_dir, small_lexicons, *overrides: str) -> list[str]:
     """A fast CPU multirun on the tiny model (validation runs once, at the end of the one epoch)."""
-    return [sys.executable, str(ROOT / "train.py"), "-m", f"model.name_or_path={tiny_dir}",
+    return [sys.executable, str(ROOT / "train.py"), "-m", "model=tiny", "data=sw_en", f"model.name_or_path={tiny_dir}",
             f"data.train_file={small_lexicons[0]}", f"data.control_file={small_lexicons[1]}", "data.batch_size=8",
             "trainer.num_sanity_val_steps=0", "callbacks.rich_progress_bar=false", "callbacks.progress_bar=false",
             "trainer.accelerator=cpu", "logger=none", *overrides]

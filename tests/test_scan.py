@@ -1,4 +1,4 @@
-"""The layer-wise scan end to end (`tli.scan_job.scan_job` on Hydra-composed configs, and `python scan.py`).
+"""The layer-wise scan end to end (`tli.jobs.scan.scan_job` on Hydra-composed configs, and `python scan.py`).
 
 Scans run on the tiny model with small lexicons (40 training and 10 control pairs from the bundled files). Most use
 `model.quantization=none`: the fp32 forward pass on CPU is several times faster than NF4's, and the scan code does
@@ -18,26 +18,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from conftest import compose
 
-from tli.adapter import AdapterError, save_adapter
-from tli.embed import PoolingError, PoolingSpec, embed_words
-from tli.lexicon import LexiconError
-from tli.lora import LoraSpec, apply_lora
-from tli.metrics import alignment_report, gold_matrix
-from tli.modeling import ModelSpec, load_model
-from tli.scan import ScanError
-from tli.scan_job import scan_job
+from tli.errors import AdapterError, ConfigError, DataError
+from tli.eval.metrics import alignment
+from tli.eval.pairs import GoldPairs
+from tli.jobs.scan import scan_job
+from tli.model.adapter import save_adapter
+from tli.model.embed import Probe, embed_words
+from tli.model.loading import ModelSpec, load_model
+from tli.model.lora import LoraSpec, apply_lora
 
 ROOT = Path(__file__).resolve().parents[1]
 LEXICONS = ROOT / "tli" / "lexicons" / "sw_en"
 N_LAYERS = 32  # the tiny model's decoder blocks: hidden-state indices 0..32
 SUBSET = [0, 1, 2, 3, 31, 32]
-METRIC_COLUMNS = ["cosine", "cosine_ci_low", "cosine_ci_high", "baseline_cosine", "margin", "p_at_1", "mrr",
+METRIC_COLUMNS = ["cosine", "cosine_ci_low", "cosine_ci_high", "baseline_cosine", "margin", "margin_z", "p_at_1", "mrr",
                   "s2t_p_at_1", "s2t_p_at_5", "s2t_mrr", "t2s_p_at_1", "t2s_p_at_5", "t2s_mrr", "csls_p_at_1",
-                  "bos_norm_ratio"]
-REQUIRED_COLUMNS = ["model", "split", "layer", "n_pairs", *METRIC_COLUMNS]
+                  "pool_p_at_1", "pool_mrr", "bos_norm_ratio"]
+COUNT_COLUMNS = ["layer", "n_pairs", "n_sources", "n_targets", "retrieval_pool", "pool_size"]
+REQUIRED_COLUMNS = ["model", "split", "vectors", *COUNT_COLUMNS, *METRIC_COLUMNS]
 
 
 def _q(value) -> str:
@@ -72,12 +72,10 @@ def lex(tmp_path_factory):
     return out
 
 
-def _cfg(out_dir, tiny_dir, lex, *overrides) -> dict:
+def _cfg(out_dir, tiny_dir, lex, *overrides):
     base = [f"paths.output_dir={_q(out_dir)}", f"model.name_or_path={_q(tiny_dir)}", "model.quantization=none",
             f"data.train_file={_q(lex['train'])}", f"data.control_file={_q(lex['control'])}", "scan.n_boot=200"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="scan", overrides=base + list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
+    return compose("scan", base + list(overrides))
 
 
 def _scan(out_dir, tiny_dir, lex, *overrides) -> tuple[dict, Path]:
@@ -91,14 +89,15 @@ def _rows(scan_dir: Path) -> list[dict]:
     with open(scan_dir / "layers.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
-        r["layer"], r["n_pairs"] = int(r["layer"]), int(r["n_pairs"])
+        for c in COUNT_COLUMNS:
+            r[c] = int(r[c])
         for c in METRIC_COLUMNS:
             r[c] = float(r[c])
     return rows
 
 
-def _row(rows, split, layer, model="base") -> dict:
-    (row,) = [r for r in rows if r["model"] == model and r["split"] == split and r["layer"] == layer]
+def _row(rows, split, layer, model="base", vectors="raw") -> dict:
+    (row,) = [r for r in rows if (r["model"], r["split"], r["layer"], r["vectors"]) == (model, split, layer, vectors)]
     return row
 
 
@@ -118,16 +117,18 @@ def subset(tmp_path_factory, tiny_dir, lex):
 
 def _check_table(rows, layers, lex, models=("base",)):
     assert set(REQUIRED_COLUMNS) <= set(rows[0])
-    keys = [(r["model"], r["split"], r["layer"]) for r in rows]
-    assert len(keys) == len(set(keys)) == len(models) * 2 * len(layers)  # one row per (model, split, layer)
-    assert set(keys) == {(m, s, j) for m in models for s in ("train", "control") for j in layers}
+    keys = [(r["model"], r["split"], r["vectors"], r["layer"]) for r in rows]
+    assert len(keys) == len(set(keys)) == len(models) * 2 * 2 * len(layers)  # one row per model, split, vectors, layer
+    assert set(keys) == {(m, s, v, j) for m in models for s in ("train", "control") for v in ("raw", "centred")
+                         for j in layers}
     for r in rows:
-        assert r["n_pairs"] == len(lex["pairs"][r["split"]])
+        assert r["n_pairs"] == r["retrieval_pool"] == len(lex["pairs"][r["split"]])
+        assert r["pool_size"] == min(20, r["n_pairs"])
         assert all(math.isfinite(r[c]) for c in METRIC_COLUMNS), r
         assert r["margin"] == pytest.approx(r["cosine"] - r["baseline_cosine"], abs=1e-6)
         assert r["cosine_ci_low"] <= r["cosine"] <= r["cosine_ci_high"]
         assert r["p_at_1"] == pytest.approx((r["s2t_p_at_1"] + r["t2s_p_at_1"]) / 2)
-        for c in ("p_at_1", "mrr", "s2t_p_at_5", "t2s_p_at_5", "csls_p_at_1"):
+        for c in ("p_at_1", "mrr", "s2t_p_at_5", "t2s_p_at_5", "csls_p_at_1", "pool_p_at_1", "pool_mrr"):
             assert 0.0 <= r[c] <= 1.0
         assert r["s2t_p_at_1"] <= r["s2t_mrr"] and r["s2t_p_at_1"] <= r["s2t_p_at_5"]
 
@@ -145,16 +146,16 @@ def test_csv_has_one_row_per_split_and_requested_layer(subset, full, lex):
     assert summary["settings"]["layers"] == SUBSET
     # a subset scan gives exactly the numbers of the full scan at those indices
     for r in rows:
-        assert r == _row(full[2], r["split"], r["layer"])
+        assert r == _row(full[2], r["split"], r["layer"], vectors=r["vectors"])
 
 
 def test_identical_embeddings_retrieve_perfectly(tmp_path, tiny_dir, lex):
     # direct: targets are the sources themselves (distinct random vectors)
     emb = torch.randn(30, 64, generator=torch.Generator().manual_seed(0))
     words = [f"w{i}" for i in range(30)]
-    _, _, gold, ps, pt = gold_matrix(words, words)
-    report = alignment_report(emb, emb.clone(), gold, ps, pt, csls_k=5, n_boot=100)
-    for key in ("cosine", "p_at_1", "mrr", "s2t_p_at_1", "t2s_p_at_1", "s2t_p_at_5", "t2s_p_at_5", "csls_p_at_1"):
+    report = alignment(emb, emb.clone(), GoldPairs.from_pairs(words, words))
+    for key in ("cosine", "p_at_1", "mrr", "s2t_p_at_1", "t2s_p_at_1", "s2t_p_at_5", "t2s_p_at_5", "csls_p_at_1",
+                "pool_p_at_1"):
         assert report[key] == pytest.approx(1.0, abs=1e-6), key
     # the whole scan path: a lexicon mapping each word to itself embeds both sides identically
     files = {}
@@ -163,17 +164,20 @@ def test_identical_embeddings_retrieve_perfectly(tmp_path, tiny_dir, lex):
         files[split] = tmp_path / f"same_{split}.json"
         files[split].write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
     _, scan_dir = _scan(tmp_path / "out", tiny_dir, {**lex, **files}, f"scan.layers=[{','.join(map(str, SUBSET))}]")
-    rows = _rows(scan_dir)
+    rows = [r for r in _rows(scan_dir) if r["vectors"] == "raw"]
     assert len(rows) == 2 * len(SUBSET)
     for r in rows:
-        for key in ("cosine", "p_at_1", "mrr", "s2t_p_at_5", "t2s_p_at_5", "csls_p_at_1"):
+        for key in ("cosine", "p_at_1", "mrr", "s2t_p_at_5", "t2s_p_at_5", "csls_p_at_1", "pool_p_at_1"):
             assert r[key] == pytest.approx(1.0, abs=1e-6), (r["split"], r["layer"], key)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def _numpy_metrics(src: np.ndarray, tgt: np.ndarray) -> dict:
     """Reference metrics for pair-aligned, one-to-one (N, D) embeddings: pair i is (src[i], tgt[i])."""
-    src = src / np.linalg.norm(src, axis=1, keepdims=True)
-    tgt = tgt / np.linalg.norm(tgt, axis=1, keepdims=True)
+    src, tgt = _unit(src), _unit(tgt)
     sim = src @ tgt.T  # (N, N)
     n = len(sim)
     off = ~np.eye(n, dtype=bool)
@@ -185,6 +189,7 @@ def _numpy_metrics(src: np.ndarray, tgt: np.ndarray) -> dict:
     return {
         "cosine": np.diag(sim).mean(),
         "baseline_cosine": sim[off].mean(),
+        "margin_z": (np.diag(sim).mean() - sim[off].mean()) / sim[off].std(),
         "s2t_p_at_1": (r_s2t == 1).mean(), "t2s_p_at_1": (r_t2s == 1).mean(),
         "s2t_p_at_5": (r_s2t <= 5).mean(), "t2s_p_at_5": (r_t2s <= 5).mean(),
         "p_at_1": ((r_s2t == 1).mean() + (r_t2s == 1).mean()) / 2,
@@ -192,22 +197,33 @@ def _numpy_metrics(src: np.ndarray, tgt: np.ndarray) -> dict:
     }
 
 
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
 def test_metrics_agree_with_independent_numpy(full, tiny_dir, lex):
     _, _, rows = full
     model, tok = load_model(ModelSpec(name_or_path=str(tiny_dir), quantization="none"), device="cpu")
     layers = [0, 1, 16, 32]
     checked = 0
+    vectors = {}
     for split, pairs in lex["pairs"].items():
-        src = embed_words(model, tok, [s for s, _ in pairs], PoolingSpec("mean"), layers=layers, batch_size=7)
-        tgt = embed_words(model, tok, [t for _, t in pairs], PoolingSpec("mean"), layers=layers, batch_size=3)
+        src = embed_words(model, tok, [s for s, _ in pairs], Probe(), layers=layers, batch_size=7)
+        tgt = embed_words(model, tok, [t for _, t in pairs], Probe(), layers=layers, batch_size=3)
+        vectors[split] = (src.vectors.double().numpy(), tgt.vectors.double().numpy())
+    means = [_unit_rows(v).mean(0) for v in vectors["train"]]  # centring: the training words' mean, per layer
+    for split, (src, tgt) in vectors.items():
         for slot, layer in enumerate(layers):
-            ref = _numpy_metrics(src.vectors[:, slot].double().numpy(), tgt.vectors[:, slot].double().numpy())
-            row = _row(rows, split, layer)
-            for key, value in ref.items():
-                assert row[key] == pytest.approx(value, abs=1e-5), (split, layer, key)
-            assert row["margin"] == pytest.approx(ref["cosine"] - ref["baseline_cosine"], abs=1e-5)
-            checked += 1
-    assert checked == 2 * len(layers)
+            s, t = src[:, slot], tgt[:, slot]
+            centred = (_unit(s) - means[0][slot], _unit(t) - means[1][slot])
+            for variant, (a, b) in (("raw", (s, t)), ("centred", centred)):
+                ref = _numpy_metrics(a, b)
+                row = _row(rows, split, layer, vectors=variant)
+                for key, value in ref.items():
+                    assert row[key] == pytest.approx(value, abs=1e-5), (split, layer, variant, key)
+                assert row["margin"] == pytest.approx(ref["cosine"] - ref["baseline_cosine"], abs=1e-5)
+                checked += 1
+    assert checked == 2 * 2 * len(layers)
     # the comparison is not vacuous: retrieval is better than chance somewhere but not perfect everywhere
     assert 0 < max(r["p_at_1"] for r in rows) and min(r["p_at_1"] for r in rows) < 1
 
@@ -246,13 +262,14 @@ def test_summary_recommendation_settings_and_files(full, tiny_dir, lex):
     summary, scan_dir, rows = full
     assert json.loads((scan_dir / "summary.json").read_text(encoding="utf-8")) == summary
     base = summary["base"]
-    assert base["criterion"] == "margin" and base["criterion_split"] == "train"
-    train = [r for r in rows if r["split"] == "train"]
+    assert base["criterion"] == "mrr" and base["criterion_split"] == "train" and base["vectors"] == "raw"
+    train = [r for r in rows if r["split"] == "train" and r["vectors"] == "raw"]
     trainable = [r for r in train if r["layer"] >= 1]
-    best = max(r["margin"] for r in trainable)
+    best = max(r["mrr"] for r in trainable)
     assert 1 <= base["recommended_layer"] <= N_LAYERS
-    assert base["recommended_layer"] == min(r["layer"] for r in trainable if r["margin"] == best)
+    assert base["recommended_layer"] == min(r["layer"] for r in trainable if r["mrr"] == best)
     assert base["recommended_value"] == best
+    assert f"index {base['recommended_layer']} has the highest retrieval MRR" in base["why"]
     top = max(r["cosine"] for r in train)
     raw = min(r["layer"] for r in train if r["cosine"] == top)
     assert base["raw_cosine_argmax_layer"] == raw and base["raw_cosine_max"] == top
@@ -276,18 +293,19 @@ def test_summary_recommendation_settings_and_files(full, tiny_dir, lex):
 
 
 def test_criterion_and_seed_options(tmp_path, tiny_dir, lex, full):
-    summary, scan_dir = _scan(tmp_path, tiny_dir, lex, "scan.criterion=mrr", "scan.criterion_split=control",
-                              "scan.layers=[0,1,2,3,4,5,6]", "seed=1")
+    summary, scan_dir = _scan(tmp_path, tiny_dir, lex, "scan.criterion=margin_z", "scan.criterion_split=control",
+                              "scan.criterion_centred=true", "scan.layers=[0,1,2,3,4,5,6]", "metrics.seed=1")
     rec = summary["base"]
-    control = [r for r in full[2] if r["split"] == "control" and 1 <= r["layer"] <= 6]
-    best = max(r["mrr"] for r in control)
-    assert rec["criterion"] == "mrr" and rec["criterion_split"] == "control"
-    assert rec["recommended_layer"] == min(r["layer"] for r in control if r["mrr"] == best)
-    # the seed drives the bootstrap CI (so the determinism test could fail); the point estimates do not move
+    control = [r for r in full[2] if r["split"] == "control" and r["vectors"] == "centred" and 1 <= r["layer"] <= 6]
+    best = max(r["margin_z"] for r in control)
+    assert rec["criterion"] == "margin_z" and rec["criterion_split"] == "control" and rec["vectors"] == "centred"
+    assert rec["recommended_layer"] == min(r["layer"] for r in control if r["margin_z"] == best)
+    # the seed drives the bootstrap CI and the pools (so the determinism test could fail); the rest does not move
     rows = _rows(scan_dir)
-    assert [r["cosine"] for r in rows] == [_row(full[2], r["split"], r["layer"])["cosine"] for r in rows]
+    seed0 = [_row(full[2], r["split"], r["layer"], vectors=r["vectors"]) for r in rows]
+    assert [r["cosine"] for r in rows] == [r["cosine"] for r in seed0]
+    assert [r["mrr"] for r in rows] == [r["mrr"] for r in seed0]
     ci = [(r["cosine_ci_low"], r["cosine_ci_high"]) for r in rows]
-    seed0 = [_row(full[2], r["split"], r["layer"]) for r in rows]
     assert ci != [(r["cosine_ci_low"], r["cosine_ci_high"]) for r in seed0]
 
 
@@ -298,7 +316,7 @@ def no_weights(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("weights were loaded before the bad setting was reported")
 
-    monkeypatch.setattr("tli.scan_job.load_model", refuse)
+    monkeypatch.setattr("tli.jobs.scan.load_model", refuse)
 
 
 def _tiny_adapter(tiny_dir, out: Path, base_model: str, perturb: bool = False) -> Path:
@@ -315,21 +333,21 @@ def _tiny_adapter(tiny_dir, out: Path, base_model: str, perturb: bool = False) -
 
 
 def test_bad_layers(tmp_path, tiny_dir, lex, no_weights):
-    with pytest.raises(ScanError, match=r"layers=\[0, 40\]: \[40\]; valid hidden-state indices are 0\.\.32"):
+    with pytest.raises(ConfigError, match=r"scan.layers=\[0, 40\] is outside this model's range 0\.\.32"):
         _scan(tmp_path, tiny_dir, lex, "scan.layers=[0,40]")
-    with pytest.raises(ScanError, match=r"\[-1\].*0\.\.32"):
+    with pytest.raises(ConfigError, match=r"\[-1\].*0\.\.32"):
         _scan(tmp_path, tiny_dir, lex, "scan.layers=[-1]")
-    with pytest.raises(ScanError, match=r"empty.*0\.\.32"):
+    with pytest.raises(ConfigError, match=r"\[\].*0\.\.32"):
         _scan(tmp_path, tiny_dir, lex, "scan.layers=[]")
 
 
 def test_empty_lexicon(tmp_path, tiny_dir, lex, no_weights):
     empty = tmp_path / "empty.json"
     empty.write_text("[]", encoding="utf-8")
-    with pytest.raises(LexiconError, match="contains no pairs") as err:
+    with pytest.raises(DataError, match="contains no pairs") as err:
         _scan(tmp_path, tiny_dir, {**lex, "train": empty})
     assert str(empty) in str(err.value)
-    with pytest.raises(LexiconError, match="contains no pairs") as err:
+    with pytest.raises(DataError, match="contains no pairs") as err:
         _scan(tmp_path, tiny_dir, {**lex, "control": empty})
     assert str(empty) in str(err.value)
 
@@ -344,7 +362,7 @@ def test_adapter_for_another_base_model(tmp_path, tiny_dir, lex, no_weights):
 
 
 def test_unknown_pooling(tmp_path, tiny_dir, lex, no_weights):
-    with pytest.raises(PoolingError, match=r"model.pooling='max'.*valid: mean, mean_all, last"):
+    with pytest.raises(ConfigError, match=r"model.pooling='max'.*valid: mean, mean_all, last"):
         _scan(tmp_path, tiny_dir, lex, "model.pooling=max")
 
 
@@ -361,9 +379,11 @@ def test_missing_adapter(tmp_path, tiny_dir, lex, no_weights):
 
 
 def test_unknown_criterion_and_split(tmp_path, tiny_dir, lex, no_weights):
-    with pytest.raises(ScanError, match=r"scan.criterion='best'.*margin, p_at_1, mrr, csls_p_at_1, cosine"):
+    with pytest.raises(ConfigError, match=r"scan.criterion='best' is not a metric; valid: margin, margin_z, p_at_1"):
         _scan(tmp_path, tiny_dir, lex, "scan.criterion=best")
-    with pytest.raises(ScanError, match=r"scan.criterion_split='dev'.*train, control"):
+    with pytest.raises(ConfigError, match=r"scan.criterion='cosine' is descriptive"):
+        _scan(tmp_path, tiny_dir, lex, "scan.criterion=cosine")
+    with pytest.raises(ConfigError, match=r"scan.criterion_split='dev' must be train or control"):
         _scan(tmp_path, tiny_dir, lex, "scan.criterion_split=dev")
 
 
@@ -382,8 +402,9 @@ def test_adapter_overlay_scans_base_and_adapted(tmp_path, tiny_dir, lex):
     assert {"base", "adapted", "adapter", "settings"} <= set(summary)
     assert 1 <= summary["adapted"]["recommended_layer"] <= N_LAYERS
     assert summary["adapter"]["path"] == str(adapter) and summary["adapter"]["base_model"] == str(tiny_dir)
-    train = [r for r in rows if r["model"] == "adapted" and r["split"] == "train" and r["layer"] >= 1]
-    assert summary["adapted"]["recommended_value"] == max(r["margin"] for r in train)
+    train = [r for r in rows if r["model"] == "adapted" and r["split"] == "train" and r["layer"] >= 1
+             and r["vectors"] == "raw"]
+    assert summary["adapted"]["recommended_value"] == max(r["mrr"] for r in train)
 
 
 @pytest.fixture
@@ -433,7 +454,7 @@ def test_cli_run(tmp_path, tiny_dir, lex):
         small[split] = tmp_path / f"{split}.json"
         recs = [{"swahili": s, "english": t} for s, t in lex["pairs"][split][:n]]
         small[split].write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
-    args = [sys.executable, str(ROOT / "scan.py"), f"hydra.run.dir={_q(run_dir)}",
+    args = [sys.executable, str(ROOT / "scan.py"), "model=tiny", "data=sw_en", f"hydra.run.dir={_q(run_dir)}",
             f"model.name_or_path={_q(tiny_dir)}", f"data.train_file={_q(small['train'])}",
             f"data.control_file={_q(small['control'])}", "scan.layers=[0,1,2,3]", "scan.n_boot=100"]
     env = {**os.environ, "TLI_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
@@ -445,7 +466,7 @@ def test_cli_run(tmp_path, tiny_dir, lex):
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     summary = json.loads((scan_dir / "summary.json").read_text(encoding="utf-8"))
     assert summary["settings"]["quantization"] == "nf4" and summary["settings"]["layers"] == [0, 1, 2, 3]
-    assert len(_rows(scan_dir)) == 2 * 4
+    assert len(_rows(scan_dir)) == 2 * 2 * 4
     rec = summary["base"]
-    assert f"[base] recommended target layer {rec['recommended_layer']} by margin" in proc.stdout
+    assert f"[base] recommended target layer {rec['recommended_layer']}: index" in proc.stdout
     assert f"wrote {scan_dir}" in proc.stdout

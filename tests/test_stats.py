@@ -1,4 +1,4 @@
-"""Tests for tli.stats: scipy agreement, hand-computed effect sizes, degenerate cases and plain-language readings."""
+"""Tests for tli.eval.stats: scipy agreement, hand-computed effect sizes, degenerate cases, plain-language readings."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from tli.stats import aggregate_runs, difference_in_differences, paired_stats
+from tli.eval.stats import aggregate_runs, difference_in_differences, paired_stats
 
 
 @pytest.fixture

@@ -11,14 +11,18 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
-from tli.losses import InfoNCE
-from tli.module import NonFiniteLossError, TLIModule
-from tli.train_job import train_job
+from tli.errors import TrainingError
+from tli.jobs.train import train_job
+from tli.model.embed import Probe, collate, hidden_states, pool, tokenize_words
+from tli.model.lora import LoraSpec
+from tli.training.losses import InfoNCE
+from tli.training.module import TLIModule, TrainOptions
+from tli.training.optim import OptimConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _adapter(out: Path, name: str = "adapter_last") -> dict[str, torch.Tensor]:
+def _adapter(out: Path, name: str = "adapter") -> dict[str, torch.Tensor]:
     return load_file(out / name / "adapter_model.safetensors")
 
 
@@ -39,16 +43,21 @@ def test_fast_dev_run_exports_a_peft_adapter(train_cfg, tmp_path, tiny_dir):
     assert names and all(".layers.0." in n or ".layers.1." in n for n in names)  # blocks 1..k for k = 2
 
 
-def test_truncated_forward_gives_identical_loss_and_gradients(tiny_spec, tiny_nf4):
-    model_cfg = {"name_or_path": tiny_spec.name_or_path, "quantization": "nf4", "target_layer": 3, "pooling": "mean"}
-    module = TLIModule(model_cfg, {"r": 4, "alpha": 8, "dropout": 0.0}, InfoNCE(0.1), {"lr": 1e-3})
+def make_module(spec, target_layer: int, **options) -> TLIModule:
+    module = TLIModule(spec, Probe(target_layer=target_layer), LoraSpec(r=4, alpha=8, dropout=0.0), InfoNCE(0.1),
+                       OptimConfig(lr=1e-3), TrainOptions(**options))
     module.configure_model()
+    return module
+
+
+def test_truncated_forward_gives_identical_loss_and_gradients(tiny_spec, tiny_nf4):
+    module = make_module(tiny_spec, 3)
     torch.manual_seed(0)
     for n, p in module.backbone.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.2)  # B = 0 at init would hide A's gradient
     words = ["maji", "kitabu", "mwalimu", "nyumba", "water", "book", "teacher", "house"]
-    from tli.embed import collate, tokenize_words
+    from tli.model.embed import collate, tokenize_words
 
     tok = tiny_nf4[1]
     batch = {"words": collate(tokenize_words(tok, words), tok.pad_token_id),
@@ -57,7 +66,7 @@ def test_truncated_forward_gives_identical_loss_and_gradients(tiny_spec, tiny_nf
     hook = module.backbone.get_base_model().model.layers[3].register_forward_hook(lambda *a: calls.append(1))
     results = {}
     for truncate in (True, False):
-        module.truncate = truncate
+        module.options.truncate = truncate
         module.zero_grad()
         calls.clear()
         loss = module.training_step(batch, 0)
@@ -71,6 +80,32 @@ def test_truncated_forward_gives_identical_loss_and_gradients(tiny_spec, tiny_nf
     for n, g in results[True][1].items():
         assert g.abs().sum() > 0, n
         torch.testing.assert_close(g, results[False][1][n], msg=n)
+
+
+@pytest.mark.parametrize("k", [1, 31, 32])
+def test_training_reads_exactly_what_validation_scores(tiny_spec, tiny_nf4, k):
+    """The truncated training representation at k equals the full model's index k, the one validation and
+    evaluation score; at k = L that is the final-normed state (a truncated forward there would skip the norm)."""
+    module = make_module(tiny_spec, k)
+    tok = tiny_nf4[1]
+    words = collate(tokenize_words(tok, ["maji", "kitabu", "water", "book"]), tok.pad_token_id)
+    module.eval()
+    with torch.no_grad():
+        trained = module.layer_k(words)  # (B, D), truncated
+        full = module.embed(words, [k])[0]  # validation's view
+        states = hidden_states(module.backbone, words)
+    torch.testing.assert_close(trained, full)
+    assert len(states) == 33
+    if k == 32:  # index L is the final norm's output; block L's raw output (what a cut-off forward returns) is not
+        config = module.backbone.get_base_model().config
+        saved = getattr(config, "tie_last_hidden_states", True)
+        config.tie_last_hidden_states = False
+        try:
+            with torch.no_grad():
+                raw_block = pool(hidden_states(module.backbone, words)[32], words, "mean")
+        finally:
+            config.tie_last_hidden_states = saved
+        assert not torch.allclose(trained, raw_block, atol=1e-3)
 
 
 class SimulatedCrash(Exception):
@@ -133,12 +168,12 @@ BAD_SETTINGS = [
 
 @pytest.mark.parametrize("override,message", BAD_SETTINGS)
 def test_bad_settings_fail_before_weights_load(train_cfg, monkeypatch, override, message):
-    import tli.module
+    import tli.training.module
 
     def no_weights(*args, **kwargs):
         raise AssertionError("model weights were loaded before the settings were checked")
 
-    monkeypatch.setattr(tli.module, "load_model", no_weights)
+    monkeypatch.setattr(tli.training.module, "load_model", no_weights)
     with pytest.raises(ValueError, match=message):
         train_job(train_cfg(override))
 
@@ -156,7 +191,7 @@ class PoisonAt(Callback):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(train_cfg, tmp_path):
-    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at global step 2"):
+    with pytest.raises(TrainingError, match=r"non-finite training loss \(nan\) at global step 2"):
         train_job(train_cfg("trainer.max_steps=5", "callbacks.every_n_train_steps=1"), extra_callbacks=[PoisonAt(2)])
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2
@@ -164,7 +199,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(train_cfg, tmp_path):
 
 
 def _cli(tmp_path, tiny_dir, small_lexicons, *overrides, multirun=False):
-    return [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), f"model.name_or_path={tiny_dir}",
+    return [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), "model=tiny", "data=sw_en",
+            f"model.name_or_path={tiny_dir}",
             f"data.train_file={small_lexicons[0]}", f"data.control_file={small_lexicons[1]}", "data.batch_size=8",
             "trainer.num_sanity_val_steps=0", "callbacks.rich_progress_bar=false", "callbacks.progress_bar=false",
             "trainer.accelerator=cpu", "lora.r=4", *overrides]
@@ -231,25 +267,22 @@ def test_wandb_offline_run_files(train_cfg, tmp_path):
 @pytest.mark.parametrize("experiment,loss", [("paper", "triplet"), ("tli", "infonce")])
 def test_experiments_compose_and_run_a_step(train_cfg, experiment, loss):
     cfg = train_cfg(f"experiment={experiment}", "debug=fdr")
-    assert cfg["loss"]["name"] == loss
+    assert cfg.loss["name"] == loss
     result = train_job(cfg)
     assert result["global_step"] == 1 and result["settings"]["loss"]["name"] == loss
 
 
 def test_gradient_checkpointing_gives_identical_loss_and_gradients(tiny_spec, tiny_nf4):
-    from tli.embed import collate, tokenize_words
+    from tli.model.embed import collate, tokenize_words
 
     tok = tiny_nf4[1]
     words = ["maji", "kitabu", "mwalimu", "water", "book", "teacher"]
     batch = {"words": collate(tokenize_words(tok, words), tok.pad_token_id),
              "src_ids": torch.arange(3), "tgt_ids": torch.arange(3)}
-    model_cfg = {"name_or_path": tiny_spec.name_or_path, "quantization": "nf4", "target_layer": 2, "pooling": "mean"}
     results = []
     for checkpointing in (False, True):
         torch.manual_seed(0)  # same LoRA init in both modules
-        module = TLIModule(model_cfg, {"r": 4, "alpha": 8, "dropout": 0.0}, InfoNCE(0.1), {"lr": 1e-3},
-                           gradient_checkpointing=checkpointing)
-        module.configure_model()
+        module = make_module(tiny_spec, 2, gradient_checkpointing=checkpointing)
         assert module.backbone.get_base_model().is_gradient_checkpointing == checkpointing
         torch.manual_seed(1)
         for n, p in module.backbone.named_parameters():
@@ -261,3 +294,30 @@ def test_gradient_checkpointing_gives_identical_loss_and_gradients(tiny_spec, ti
     torch.testing.assert_close(results[0][0], results[1][0])
     for n, g in results[0][1].items():
         torch.testing.assert_close(g, results[1][1][n], msg=n)
+
+
+def test_the_run_ends_with_a_summary_whose_command_evaluates_it(train_cfg, tmp_path, capsys):
+    from conftest import compose
+
+    from tli.jobs.evaluate import evaluate_job
+
+    result = train_job(train_cfg("trainer.max_steps=3", "trainer.max_epochs=-1", "trainer.num_sanity_val_steps=-1",
+                                 "trainer.val_check_interval=3"))
+    out = capsys.readouterr().out
+    assert f"finished: {tmp_path} (3 steps" in out and f"adapter      {tmp_path / 'adapter'}" in out
+    assert f"metrics      {tmp_path / 'metrics.json'}" in out
+    before, after = result["validation_before"]["val/mrr@32"], result["metrics"]["val/mrr@32"]
+    assert f"mrr@32 {before:.3f} -> {after:.3f}" in out  # the base model's figures, then the run's
+    command = next(line for line in out.splitlines() if "evaluate it" in line).split("python evaluate.py ")[1]
+    summary = evaluate_job(compose("evaluate", [*command.split(), f"paths.output_dir={tmp_path / 'e'}",
+                                                "eval.n_boot=200"]))
+    assert summary["settings"]["adapters"] == [str(tmp_path / "adapter")]
+
+
+def test_evaluate_true_evaluates_the_finished_run(train_cfg, tmp_path, capsys):
+    result = train_job(train_cfg("debug=fdr", "evaluate=true", "eval.n_boot=200", "eval.layers=[32]"))
+    assert result["evaluation"] == str(tmp_path / "eval")
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["settings"]["adapters"] == [str(tmp_path / "adapter")]
+    out = capsys.readouterr().out
+    assert "evaluate it" not in out and "unseen (control) pairs, index 32" in out
