@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_one_command_trains_seeds_and_writes_the_report_across_them(tmp_path, tiny_dir, small_lexicons):
     sweep = tmp_path / "seeds"
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", "model=tiny", "data=sw_en", "multiseed=default", "seed=0,1",

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tli.tiny import BOS, ensure_tiny_model
 
 # Loads the written directory with plain transformers in a fresh interpreter that never imports tli.
@@ -22,6 +24,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_cli_writes_a_model_plain_transformers_loads(tmp_path, tiny_dir):
     out = tmp_path / "tiny"
     subprocess.run([sys.executable, "-m", "tli.tiny", str(out)], check=True, capture_output=True)

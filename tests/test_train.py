@@ -26,6 +26,7 @@ def _adapter(out: Path, name: str = "adapter") -> dict[str, torch.Tensor]:
     return load_file(out / name / "adapter_model.safetensors")
 
 
+@pytest.mark.slow
 def test_fast_dev_run_exports_a_peft_adapter(train_cfg, tmp_path, tiny_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -82,6 +83,7 @@ def test_truncated_forward_gives_identical_loss_and_gradients(tiny_spec, tiny_nf
         torch.testing.assert_close(g, results[False][1][n], msg=n)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 31, 32])
 def test_training_reads_exactly_what_validation_scores(tiny_spec, tiny_nf4, k):
     """The truncated training representation at k equals the full model's index k, the one validation and
@@ -123,6 +125,7 @@ class CrashAt(Callback):
             raise SimulatedCrash
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_at", [3, 5])  # mid-epoch, and at the end of epoch 0 (4 batches per epoch)
 def test_resume_is_exact(train_cfg, tmp_path, stop_at):
     settings = ["trainer.max_steps=7", "trainer.max_epochs=-1", "callbacks.every_n_train_steps=1", "lora.dropout=0.1"]
@@ -206,6 +209,7 @@ def _cli(tmp_path, tiny_dir, small_lexicons, *overrides, multirun=False):
             "trainer.accelerator=cpu", "lora.r=4", *overrides]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_from_last_checkpoint(tmp_path, tiny_dir, small_lexicons):
     run_dir = tmp_path / "run"
     cmd = _cli(tmp_path, tiny_dir, small_lexicons, f"hydra.run.dir={run_dir}", "trainer.max_steps=40",
@@ -228,6 +232,7 @@ def test_sigkill_then_resume_from_last_checkpoint(tmp_path, tiny_dir, small_lexi
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 40
 
 
+@pytest.mark.slow
 def test_multirun_sweep_writes_summary_table(tmp_path, tiny_dir, small_lexicons):
     sweep = tmp_path / "sweep"
     cmd = _cli(tmp_path, tiny_dir, small_lexicons, "lora.r=2,4", "loss.temperature=0.05,0.1",
@@ -314,6 +319,7 @@ def test_the_run_ends_with_a_summary_whose_command_evaluates_it(train_cfg, tmp_p
     assert summary["settings"]["adapters"] == [str(tmp_path / "adapter")]
 
 
+@pytest.mark.slow
 def test_evaluate_true_evaluates_the_finished_run(train_cfg, tmp_path, capsys):
     result = train_job(train_cfg("debug=fdr", "evaluate=true", "eval.n_boot=200", "eval.layers=[32]"))
     assert result["evaluation"] == str(tmp_path / "eval")

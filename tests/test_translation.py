@@ -154,6 +154,7 @@ def reference_answers(model, tok, prompts) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_left_padded_batches_equal_one_at_a_time(tiny_nf4):
     model, tok = tiny_nf4
     prompts = varied_prompts()
@@ -202,6 +203,7 @@ def test_generation_stops_at_the_first_newline(tiny_fp32):
     assert generate_answers(forced, tok, varied_prompts()[:3]) == ["", "", ""]
 
 
+@pytest.mark.slow
 def test_peft_model_with_adapter_disabled_or_zero_equals_base(tiny_fp32):
     from peft import LoraConfig, get_peft_model
 
@@ -220,6 +222,7 @@ def test_peft_model_with_adapter_disabled_or_zero_equals_base(tiny_fp32):
     assert changed != base  # the adapter is really used when enabled
 
 
+@pytest.mark.slow
 def test_evaluate_translation_rows_and_csv_join(tiny_nf4, small_splits):
     model, tok = tiny_nf4
     queries = build_queries(small_splits, k=5, seed=0)
