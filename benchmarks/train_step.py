@@ -1,93 +1,202 @@
-"""Training-step speed: truncated forward (blocks 1..k only) against the full forward, side by side in one run.
+"""Benchmark: one optimizer step with the truncated forward (blocks 1..k only) against the full forward, for several k.
 
-    python benchmarks/train_step.py [--target-layer 2] [--batch-size 16] [--steps 10] [--quantization nf4]
+What it measures: for each target layer k (`--ks`, default 3 6 12 18 on Gemma 3 270M's 18 blocks) one
+`tli.training.module.TLIModule` is built exactly as `train.py` builds it (`configure_model`: the model loaded by
+tli, 4-bit NF4 by default, LoRA r 16 / alpha 32 / dropout 0.05 on q_proj and v_proj of blocks 1..k; InfoNCE at
+temperature 0.05 on the mean-pooled layer-k embeddings; AdamW with the default warmup + linear schedule). One step
+is `training_step` (the LightningModule's own code: with `train.truncate=true` it runs the decoder inside
+`tli.model.loading.truncated(model, k)`, so only blocks 1..k execute), `backward()`, `optimizer.step()`,
+`scheduler.step()` and `zero_grad()`. The same module, batch and optimizer serve both variants; only
+`module.options.truncate` is switched between them. After `--warmup` untimed steps per variant, `--repeat` timed
+steps per variant alternate (truncated/full, then full/truncated, ...) so that machine noise hits both alike; the
+table gives the median (and min) seconds per step. A forward hook on every decoder block checks, on the first
+timed step, that the truncated step ran exactly k blocks and the full one all L.
 
-Both variants use the same model (the embedded tiny 32-block Llama, 4-bit NF4 on the CPU by default), the same
-batch of word pairs, LoRA adapters on blocks 1..k and an AdamW step; they differ only in whether blocks k+1..L run.
-Steps alternate between the two variants so that machine noise hits both alike; the median step time is reported.
-The last line is the speed-up (full / truncated) as a number followed by `x`.
+The batch is the first `--batch-size` pairs (default 16 = data.batch_size) of the audited Korean-English training
+lexicon, tokenised as the DataModule does (template {word}); equal words get equal ids, as in training.
+
+Ideal speedup: the full step runs L blocks forward and, since the loss sits at layer k, backward through blocks
+1..k only; with backward = 2 x forward per block, full / truncated = (L + 2k) / 3k. With frozen (quantized) base
+weights the backward computes input gradients only (no weight gradients, beyond the small LoRA ones), closer to
+1 x forward, which gives (L + k) / 2k; both are printed. Per-step costs outside the blocks (embedding lookup,
+pooling, loss, optimizer, Python) are the same for both variants and pull the measured ratio towards 1.
+
+Run (default: Gemma 3 270M in NF4 on the CPU, 1 thread; about 1.5 minutes on 2 busy cores, a third of it loading
+the model once per k):
+
+    python benchmarks/train_step.py
+    python benchmarks/train_step.py --ks 2 8 16 32 --model tiny      # the embedded tiny 32-block Llama
 """
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never touch the network
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
+import gc  # noqa: E402
 import statistics  # noqa: E402
-import tempfile  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 
+import _common as bench  # noqa: E402
 import torch  # noqa: E402
 
-from tli.embed import collate, tokenize_words  # noqa: E402
-from tli.lexicon import bundled  # noqa: E402
-from tli.losses import InfoNCE  # noqa: E402
-from tli.modeling import load_tokenizer  # noqa: E402
-from tli.module import TLIModule  # noqa: E402
-from tli.tiny import ensure_tiny_model  # noqa: E402
+from tli.data.config import DataConfig, load_lexicons  # noqa: E402
+from tli.model.embed import Probe, collate, decoder_of, tokenize_words  # noqa: E402
+from tli.model.loading import (  # noqa: E402
+    QUANTIZATIONS,
+    ModelSpec,
+    find_decoder_layers,
+    load_config,
+    load_tokenizer,
+    num_layers,  # noqa: E402
+)
+from tli.model.lora import LoraSpec  # noqa: E402
+from tli.training.losses import build_loss  # noqa: E402
+from tli.training.module import TLIModule, TrainOptions  # noqa: E402
+from tli.training.optim import OptimConfig  # noqa: E402
+
+DATA = {  # the data presets of conf/data/
+    "ko_en": DataConfig(train_file="bundled:ko_en/train.json", src_field="korean", tgt_field="english"),
+    "sw_en": DataConfig(train_file="bundled:sw_en/train.json", src_field="swahili", tgt_field="english"),
+}
 
 
-def make_module(path: str, quantization: str, k: int, truncate: bool) -> TLIModule:
-    model_cfg = {"name_or_path": path, "quantization": quantization, "target_layer": k, "pooling": "mean"}
-    module = TLIModule(model_cfg, {"r": 16, "alpha": 32, "dropout": 0.05}, InfoNCE(0.05), {"lr": 2e-4},
-                       truncate=truncate)
-    module.configure_model()
-    module.backbone.train()
-    module.opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=2e-4)
-    return module
+def make_batch(tok, sources: list[str], targets: list[str], template: str) -> dict:
+    """A training batch as the DataModule collates it: sources then targets, word ids equal for equal strings."""
+    ids: dict[tuple[str, str], int] = {}
+    src_ids = [ids.setdefault(("src", w), len(ids)) for w in sources]
+    tgt_ids = [ids.setdefault(("tgt", w), len(ids)) for w in targets]
+    words = collate(tokenize_words(tok, sources + targets, template), tok.pad_token_id)
+    return {"words": words, "src_ids": torch.tensor(src_ids), "tgt_ids": torch.tensor(tgt_ids)}
 
 
-def step(module: TLIModule, batch: dict) -> float:
+class BlockCounter:
+    """Counts decoder-block forward calls (to show that the truncated step runs blocks 1..k only)."""
+
+    def __init__(self, module: TLIModule):
+        _, layers = find_decoder_layers(decoder_of(module.backbone))
+        self.calls = 0
+        self.handles = [layer.register_forward_hook(self._hook) for layer in layers]
+
+    def _hook(self, *args):
+        self.calls += 1
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def step(module: TLIModule, optimizer, scheduler, batch: dict) -> float:
     start = time.perf_counter()
-    module.opt.zero_grad()
     loss = module.training_step(batch, 0)
     loss.backward()
-    module.opt.step()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
     return time.perf_counter() - start
 
 
-def main() -> None:
-    warnings.filterwarnings("ignore")  # self.log() outside a Trainer, deprecations: noise for a benchmark
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target-layer", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--quantization", default="nf4")
-    args = parser.parse_args()
+    parser.add_argument("--model", default=bench.GEMMA,
+                        help=f"gemma (= {bench.GEMMA}, default), tiny, or a model.name_or_path")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default="nf4", help="default nf4, as tli loads it")
+    parser.add_argument("--ks", type=int, nargs="+", default=[3, 6, 12, 18], help="target layers (default 3 6 12 18)")
+    parser.add_argument("--data", choices=sorted(DATA), default="ko_en", help="bundled lexicon (default ko_en)")
+    parser.add_argument("--batch-size", type=int, default=16, help="pairs per step (default 16, data.batch_size)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant and k (default 2)")
+    parser.add_argument("--repeat", type=int, default=9, help="timed steps per variant and k; median reported")
+    parser.add_argument("--threads", type=int, default=1, help=bench.THREADS_HELP)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")  # self.log() outside a Trainer, deprecations: noise for a benchmark
+    bench.set_threads(args.threads)
+    from transformers.utils import logging as hf_logging
 
-    path = str(ensure_tiny_model(os.environ.get("TLI_CACHE_DIR", os.path.join(tempfile.gettempdir(), "tli-bench"))))
-    pairs = json.loads(bundled("sw_en/train.json").read_text(encoding="utf-8"))[: args.batch_size]
-    from tli.modeling import ModelSpec
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    wall = time.perf_counter()
+    header = bench.machine_line()
 
-    tok = load_tokenizer(ModelSpec(name_or_path=path))
-    words = [p["swahili"] for p in pairs] + [p["english"] for p in pairs]
-    batch = {"words": collate(tokenize_words(tok, words), tok.pad_token_id),
-             "src_ids": torch.arange(len(pairs)), "tgt_ids": torch.arange(len(pairs))}
-    variants = {name: make_module(path, args.quantization, args.target_layer, truncate=name == "truncated")
-                for name in ("truncated", "full")}
-    for module in variants.values():  # warm-up: first-call costs (kernels, allocator) paid outside the timing
-        step(module, batch)
-    times = {name: [] for name in variants}
-    for _ in range(args.steps):
-        for name, module in variants.items():
-            times[name].append(step(module, batch))
-    med = {name: statistics.median(t) for name, t in times.items()}
-    n_layers = variants["full"].n_layers
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"model: tiny Llama, {n_layers} blocks, {args.quantization}; LoRA r=16 on q_proj,v_proj of blocks "
-          f"1..{args.target_layer}; batch {args.batch_size} pairs; {args.steps} steps per variant, alternating")
-    print(f"{'variant':<12}{'blocks run':>12}{'median s/step':>16}{'min s/step':>14}")
-    for name in variants:
-        blocks = args.target_layer if name == "truncated" else n_layers
-        print(f"{name:<12}{blocks:>12}{med[name]:>16.4f}{min(times[name]):>14.4f}")
-    print(f"{med['full'] / med['truncated']:.1f}x")
+    spec = ModelSpec(name_or_path=bench.model_name(args.model), quantization=args.quantization,
+                     cache_dir=bench.cache_dir())
+    _, config = load_config(spec)
+    L = num_layers(config)
+    bad = [k for k in args.ks if not 1 <= k <= L]
+    if bad:
+        parser.error(f"--ks {bad} outside this model's blocks 1..{L}")
+    lexicon = load_lexicons(DATA[args.data], with_control=False).train
+    if not 2 <= args.batch_size <= len(lexicon):
+        parser.error(f"--batch-size {args.batch_size} outside 2..{len(lexicon)}")
+    pairs = lexicon.pairs[: args.batch_size]
+    tok = load_tokenizer(spec)
+    loss_settings = {"name": "infonce", "temperature": 0.05}  # conf/loss/infonce.yaml's defaults that matter here
+    lora, optim = LoraSpec(), OptimConfig()
+    batch = make_batch(tok, [p.source for p in pairs], [p.target for p in pairs], Probe().template)
+    n_tokens = int(batch["words"]["attention_mask"].sum())
+    B, T = batch["words"]["input_ids"].shape
+
+    rows, failures, load_times = [], [], []
+    for k in sorted(set(args.ks)):
+        start = time.perf_counter()
+        module = TLIModule(spec, Probe(target_layer=k), lora, build_loss(loss_settings), optim,
+                           TrainOptions(truncate=True))
+        module.configure_model()  # what Lightning calls: tli's loader, LoRA on blocks 1..k, train mode
+        load_times.append(time.perf_counter() - start)
+        params = [p for p in module.parameters() if p.requires_grad]
+        built = optim.build(params, total_steps=1000)  # what configure_optimizers returns (interval: step)
+        optimizer, scheduler = built["optimizer"], built["lr_scheduler"]["scheduler"]
+        variants = {"truncated": True, "full": False}
+        for _ in range(args.warmup):
+            for truncate in variants.values():
+                module.options.truncate = truncate
+                step(module, optimizer, scheduler, batch)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        blocks: dict[str, int] = {}
+        for i in range(args.repeat):
+            order = list(variants) if i % 2 == 0 else list(reversed(variants))
+            for name in order:
+                module.options.truncate = variants[name]
+                counter = BlockCounter(module) if i < 2 else None
+                times[name].append(step(module, optimizer, scheduler, batch))
+                if counter is not None:
+                    blocks[name] = counter.calls
+                    counter.remove()
+        if blocks != {"truncated": k, "full": L}:
+            failures.append(f"k={k}: blocks run per step {blocks}, expected truncated {k}, full {L}")
+        med = {name: statistics.median(t) for name, t in times.items()}
+        ratio = med["full"] / med["truncated"]
+        ideal, ideal_frozen = (L + 2 * k) / (3 * k), (L + k) / (2 * k)
+        rows.append([k, f"{blocks.get('truncated')} / {blocks.get('full')}", len(params),
+                     f"{med['truncated']:.3f} ({min(times['truncated']):.3f})",
+                     f"{med['full']:.3f} ({min(times['full']):.3f})", f"{ratio:.2f}", f"{ideal:.2f}",
+                     f"{ideal_frozen:.2f}", f"{ratio / ideal:.0%}"])
+        del module, optimizer, scheduler, built, params
+        gc.collect()
+
+    quant = ("4-bit NF4 (bitsandbytes, double quantization, float32 compute)" if args.quantization == "nf4"
+             else args.quantization)
+    print(header)
+    print(f"model: {spec.name_or_path} ({L} blocks), {quant}; LoRA r {lora.r}, alpha {lora.alpha:g}, dropout "
+          f"{lora.dropout} on {'/'.join(lora.target_modules)} of blocks 1..k; InfoNCE (temperature 0.05, symmetric, "
+          f"false negatives masked) on mean-pooled layer-k vectors; AdamW lr {optim.lr:g} + {optim.scheduler} schedule")
+    print(f"batch: {args.batch_size} {args.data} training pairs = {B} words, {n_tokens} tokens ({B} x {T} padded); "
+          f"{args.warmup} warm-up + {args.repeat} timed steps per variant and k, alternating; model loaded once per k "
+          f"({', '.join(f'{s:.0f}' for s in load_times)} s, not timed)")
+    print()
+    print(bench.md_table(["k", "blocks run (trunc / full)", "LoRA tensors", "truncated s/step median (min)",
+                          "full s/step median (min)", "measured full/trunc", "ideal (L+2k)/3k",
+                          "ideal, frozen base (L+k)/2k", "measured / ideal"], rows))
+    print()
+    print(f"load average at the end: {bench.load_average()}; total wall time {time.perf_counter() - wall:.0f} s")
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
