@@ -64,8 +64,10 @@ def behaviour(model, tokenizer, queries: list[Query], heldout: dict, opts: EvalO
                                 max_new_tokens=opts.max_new_tokens) if queries else []
     mid = time.perf_counter()
     losses = {lang: lm_loss(model, tokenizer, h["sentences"]) for lang, h in heldout.items()}
-    log.info("translation of %d words: %.1f s; held-out LM loss: %.1f s", len(queries), mid - start,
-             time.perf_counter() - mid)
+    done = [f"translation of {len(queries)} words: {mid - start:.1f} s"] if queries else []
+    done += [f"held-out LM loss: {time.perf_counter() - mid:.1f} s"] if heldout else []
+    if done:
+        log.info("; ".join(done))
     return {"translation": rows, "lm_loss": losses}
 
 
