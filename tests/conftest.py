@@ -9,6 +9,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 import pytest  # noqa: E402
+from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -106,3 +107,18 @@ def train_cfg(tmp_path, tiny_dir, small_lexicons):
         return compose("train", base + list(overrides))
 
     return make
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+class CrashAt(Callback):
+    """Simulates a crash at the start of step `step` (after the previous step's checkpoint was written)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            raise SimulatedCrash

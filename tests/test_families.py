@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
+from conftest import CrashAt, SimulatedCrash
 from safetensors.torch import load_file
 from torch import nn
 
@@ -406,21 +406,6 @@ def test_a_real_decoder_patched_to_ignore_the_truncation_fails_loudly(family_dir
 
 
 # ---- end to end on a tiny Gemma 3: validation, exact resume, DDP --------------------------------------------------
-
-
-class SimulatedCrash(Exception):
-    pass
-
-
-class CrashAt(Callback):
-    """Simulates a crash at the start of step `step` (after the previous step's checkpoint was written)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, *args):
-        if trainer.global_step >= self.step:
-            raise SimulatedCrash
 
 
 def test_gemma3_trains_validates_and_resumes_exactly(train_cfg, family_dirs, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CrashAt, SimulatedCrash
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
@@ -108,21 +109,6 @@ def test_training_reads_exactly_what_validation_scores(tiny_spec, tiny_nf4, k):
         finally:
             config.tie_last_hidden_states = saved
         assert not torch.allclose(trained, raw_block, atol=1e-3)
-
-
-class SimulatedCrash(Exception):
-    pass
-
-
-class CrashAt(Callback):
-    """Simulates a crash at the start of step `step` (after the previous step's checkpoint was written)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, *args):
-        if trainer.global_step >= self.step:
-            raise SimulatedCrash
 
 
 @pytest.mark.slow
