@@ -132,8 +132,8 @@ def print_summary(result: dict, cfg, out: Path, seconds: float) -> None:
             was = f"{before[key]:.3f} -> " if key in before else ""
             rows.append(f"{'centred ' if centred else ''}{name}@{layer} {was}{metrics[key]:.3f}")
     if rows:
-        lines.append(f"  validation   ({result['n_val_pairs']} held-out pairs; index {k} = target, {n_layers} = last) "
-                     + "; ".join(rows))
+        where = f"index {k} = target = last" if k == n_layers else f"index {k} = target, {n_layers} = last"
+        lines.append(f"  validation   ({result['n_val_pairs']} held-out pairs; {where}) " + "; ".join(rows))
     if not cfg.evaluate:
         lines.append(f"  evaluate it  python evaluate.py {' '.join(evaluate_overrides(cfg))} adapter={out / 'adapter'}")
     print("\n".join(lines))
