@@ -100,6 +100,7 @@ def test_a_loss_is_one_class_one_registry_entry():
     assert set(build_loss({"name": "infonce", "learnable_temperature": True}).logged()) == {"temperature"}
 
 
+@pytest.mark.slow
 def test_entry_points_print_one_line_for_a_tli_error(tmp_path, tiny_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     for script, override, needle in (

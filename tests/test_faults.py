@@ -157,6 +157,7 @@ def test_outputs_follow_the_umask(train_cfg, tmp_path):
     assert stat.S_IMODE((tmp_path / "adapter").stat().st_mode) == 0o755
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_at_a_step_with_a_checkpoint_and_resumes(tmp_path, tiny_dir, small_lexicons):
     def cli(run_dir, *extra):
         return [sys.executable, str(ROOT / "train.py"), "model=tiny", "data=sw_en", f"model.name_or_path={tiny_dir}",
