@@ -32,12 +32,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never touch
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 
-import torch  # noqa: E402
+import _common as bench  # noqa: E402
 
 from tli.data.config import DataConfig, load_lexicons  # noqa: E402
 from tli.eval.lm_loss import heldout_sentences, lm_loss  # noqa: E402
@@ -51,13 +50,6 @@ DATA = {  # the data presets of conf/data/
     "sw_en": DataConfig(train_file="bundled:sw_en/train.json", control_file="bundled:sw_en/control.json",
                         src_field="swahili", tgt_field="english", src_lang="Swahili", tgt_lang="English"),
 }
-
-
-def table(header: list[str], rows: list[list]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def run_state(model, tok, queries, langs, args) -> dict:
@@ -76,7 +68,7 @@ def run_state(model, tok, queries, langs, args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="gemma3-270m-q4_k_m", help="model.name_or_path (default: Gemma 3 270M)")
+    parser.add_argument("--model", default="gemma", help="gemma, tiny or any model.name_or_path (default: gemma)")
     parser.add_argument("--data", choices=sorted(DATA), default="ko_en", help="bundled lexicons (default: ko_en)")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, nargs="+", default=["nf4", "none"])
     parser.add_argument("--shots", type=int, default=5)
@@ -84,12 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per generate() call (default: 32)")
     parser.add_argument("--target-layer", type=int, default=2, help="zero-initialised LoRA on blocks 1..k (default 2)")
     parser.add_argument("--adapter", default=None, help="a trained adapter directory instead of a zero-initialised one")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--cache-dir", default=os.environ.get("TLI_CACHE_DIR", "~/.cache/tli"))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's default, one per "
+                        "core; generation batches are large enough to use them)")
+    parser.add_argument("--cache-dir", default=bench.cache_dir())
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    bench.set_threads(args.threads)
+    args.model = bench.model_name(args.model)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -136,9 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     words = {s: {d: sum(q.split == s and q.direction == d for q in queries) for d in dict.fromkeys(
         q.direction for q in queries)} for s in splits}
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
-          f"python {platform.python_version()}")
+    print(bench.machine_line())
     print(f"model: {args.model}; lexicons: {args.data} ({len(lexicons.train)} train / {len(lexicons.control)} control "
           f"pairs; words per split and direction: {words}); {args.shots} shots, greedy, <= {args.max_new_tokens} new "
           f"tokens, batches of {args.batch_size}")
@@ -146,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                        f"zero-initialised LoRA r 16 on q_proj/v_proj of blocks 1..{args.target_layer} (same "
                        "function as the base model: times the adapter's overhead, not a trained adapter's effect)"))
     print()
-    print(table(["quantization", "state", "direction", "words", "correct", "accuracy", "seconds", "ms/word"], rows))
+    print(bench.md_table(["quantization", "state", "direction", "words", "correct", "accuracy", "seconds", "ms/word"],
+                         rows))
     print()
     for note in notes:
         print(note)
