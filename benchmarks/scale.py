@@ -3,7 +3,7 @@
 What it measures: the work the scan (and, on its layers, validation and the evaluation) does for one layer of one
 split with `metrics.centre=true`, on the functions they call:
 
-    raw     = tli.eval.metrics.alignment(src, tgt, gold, MetricOptions())    # every registered metric
+    raw     = tli.eval.metrics.alignment(src, tgt, gold, MetricsConfig())    # every registered metric
     centred = Centring.fit(train vectors) -> apply -> alignment(...) again   # the centred variant
 
 `alignment` computes the gold-pair cosine, the exact mismatched-pair baseline and its spread (margin, margin_z),
@@ -53,7 +53,7 @@ import _common as bench
 import torch
 
 import tli.eval.metrics as metrics
-from tli.eval.metrics import Centring, MetricOptions, alignment
+from tli.eval.metrics import Centring, MetricsConfig, alignment
 from tli.eval.pairs import GoldPairs
 
 SECOND_TRANSLATION_EVERY = 20  # every 20th pair gives the previous pair's source a second translation
@@ -121,7 +121,7 @@ def synthetic(n_pairs: int, dim: int, noise: float, seed: int = 0) -> tuple[torc
     return src, tgt, gold
 
 
-def scan_cell(src, tgt, gold: GoldPairs, options: MetricOptions) -> tuple[dict, dict]:
+def scan_cell(src, tgt, gold: GoldPairs, options: MetricsConfig) -> tuple[dict, dict]:
     """One layer of one split as the scan scores it with metrics.centre=true: raw, then centred on these words."""
     raw = alignment(src, tgt, gold, options)
     start = time.perf_counter()
@@ -159,7 +159,7 @@ class PartTimers:
 
 
 def child(n_pairs: int, dim: int, noise: float, repeat: int) -> dict:
-    options = MetricOptions()
+    options = MetricsConfig()
     warm = synthetic(1000, dim, noise, seed=1)
     scan_cell(*warm, options)  # untimed: first-call costs (thread pools, lazy imports)
     del warm
@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child is not None:
         print(json.dumps(child(args.child, args.dim, args.noise, args.repeat)))
         return 0
-    if any(n < 2 * MetricOptions().pool_size for n in args.sizes):
-        parser.error(f"--sizes must be >= {2 * MetricOptions().pool_size} pairs")
+    if any(n < 2 * MetricsConfig().pool_size for n in args.sizes):
+        parser.error(f"--sizes must be >= {2 * MetricsConfig().pool_size} pairs")
     wall = time.perf_counter()
     header = bench.machine_line()
     results = []
@@ -219,10 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
 
-    opts = MetricOptions()
+    opts = MetricsConfig()
     print(header)
     print(f"work per size: alignment() raw + Centring.fit/apply + alignment() centred (one layer, one split, "
-          f"metrics.centre=true), MetricOptions defaults (max_pool {opts.max_pool}, csls_k {opts.csls_k}, "
+          f"metrics.centre=true), MetricsConfig defaults (max_pool {opts.max_pool}, csls_k {opts.csls_k}, "
           f"{opts.n_pools} pools of {opts.pool_size}, chunk_size {opts.chunk_size}); random unit vectors, dim "
           f"{args.dim}, noise {args.noise:g}; each size in a fresh process; {torch.get_num_threads()} thread(s)")
     print()

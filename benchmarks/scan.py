@@ -59,9 +59,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from tli.data.config import DataConfig, load_lexicons  # noqa: E402
 from tli.data.lexicon import Lexicon  # noqa: E402
-from tli.eval.metrics import MetricOptions  # noqa: E402
+from tli.eval.metrics import MetricsConfig  # noqa: E402
 from tli.eval.pairs import pair_cosines  # noqa: E402
-from tli.eval.scan import ScanOptions, embed_split, run_scan  # noqa: E402
+from tli.eval.scan import ScanConfig, embed_split, run_scan  # noqa: E402
 from tli.model.embed import Probe, decoder_of, embed_words  # noqa: E402
 from tli.model.loading import QUANTIZATIONS, ModelSpec, load_model, num_layers  # noqa: E402
 
@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     scan_s, scan_match = None, None
     if not args.no_run_scan:
         start = time.perf_counter()
-        rows = run_scan(model, tok, {"train": lexicon}, probe, ScanOptions(batch_size=args.batch_size),
-                        MetricOptions())
+        rows = run_scan(model, tok, {"train": lexicon}, probe, ScanConfig(batch_size=args.batch_size),
+                        MetricsConfig())
         scan_s = time.perf_counter() - start
         raw = {r["layer"]: r["cosine"] for r in rows if r["vectors"] == "raw"}
         scan_match = max(abs(raw[j] - float(ours_cos[j])) for j in range(L + 1))

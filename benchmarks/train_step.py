@@ -55,9 +55,9 @@ from tli.model.loading import (  # noqa: E402
     load_tokenizer,
     num_layers,  # noqa: E402
 )
-from tli.model.lora import LoraSpec  # noqa: E402
+from tli.model.lora import LoraConfig  # noqa: E402
 from tli.training.losses import build_loss  # noqa: E402
-from tli.training.module import TLIModule, TrainOptions  # noqa: E402
+from tli.training.module import TLIModule, TrainConfig  # noqa: E402
 from tli.training.optim import OptimConfig  # noqa: E402
 
 DATA = {  # the data presets of conf/data/
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = lexicon.pairs[: args.batch_size]
     tok = load_tokenizer(spec)
     loss_settings = {"name": "infonce", "temperature": 0.05}  # conf/loss/infonce.yaml's defaults that matter here
-    lora, optim = LoraSpec(), OptimConfig()
+    lora, optim = LoraConfig(), OptimConfig()
     batch = make_batch(tok, [p.source for p in pairs], [p.target for p in pairs], Probe().template)
     n_tokens = int(batch["words"]["attention_mask"].sum())
     B, T = batch["words"]["input_ids"].shape
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in sorted(set(args.ks)):
         start = time.perf_counter()
         module = TLIModule(spec, Probe(target_layer=k), lora, build_loss(loss_settings), optim,
-                           TrainOptions(truncate=True))
+                           TrainConfig(truncate=True))
         module.configure_model()  # what Lightning calls: tli's loader, LoRA on blocks 1..k, train mode
         load_times.append(time.perf_counter() - start)
         params = [p for p in module.parameters() if p.requires_grad]

@@ -42,7 +42,7 @@ from tli.data.config import DataConfig, load_lexicons  # noqa: E402
 from tli.eval.lm_loss import heldout_sentences, lm_loss  # noqa: E402
 from tli.eval.translation import build_queries, evaluate_translation  # noqa: E402
 from tli.model.loading import QUANTIZATIONS, ModelSpec, load_model  # noqa: E402
-from tli.model.lora import LoraSpec, apply_lora  # noqa: E402
+from tli.model.lora import LoraConfig, apply_lora  # noqa: E402
 
 DATA = {  # the data presets of conf/data/
     "ko_en": DataConfig(train_file="bundled:ko_en/train.json", control_file="bundled:ko_en/control.json",
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
             model = PeftModel.from_pretrained(base, args.adapter, is_trainable=False)
         else:
-            model = apply_lora(base, LoraSpec(), args.target_layer)  # B = 0: the base model's function
+            model = apply_lora(base, LoraConfig(), args.target_layer)  # B = 0: the base model's function
         states["after"] = run_state(model, tok, queries, langs, args)
         for state, res in states.items():
             for direction, (out, seconds) in res["translation"].items():

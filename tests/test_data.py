@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import tli.data.datamodule
-from tli.data.config import AuditPolicy, DataConfig
+from tli.data.config import AuditConfig, DataConfig
 from tli.data.datamodule import PairDataModule, ResumableLoader, UniqueBatchSampler, split_validation
 from tli.data.lexicon import Lexicon, Pair
 from tli.errors import ConfigError, DataError
@@ -151,7 +151,7 @@ def data_cfg(tmp_path):
     def make(**options) -> DataConfig:
         return DataConfig(train_file=write("train.json", TRAIN), control_file=write("control.json", CONTROL + [LEAKED]),
                           src_field="swahili", tgt_field="english", src_lang="Swahili", tgt_lang="English",
-                          audit=AuditPolicy(leaked_pair="drop"), **options)
+                          audit=AuditConfig(leaked_pair="drop"), **options)
 
     return make
 
@@ -307,7 +307,7 @@ def test_a_split_needs_two_pairs(tmp_path):
     from tli.data.config import load_lexicons
 
     cfg = DataConfig(train_file=_pairs_file(tmp_path, "t.json", 10), control_file=_pairs_file(tmp_path, "c.json", 1),
-                     src_field="swahili", tgt_field="english", audit=AuditPolicy(leaked_pair="ignore",
+                     src_field="swahili", tgt_field="english", audit=AuditConfig(leaked_pair="ignore",
                                                                                   leaked_word="ignore"))
     with pytest.raises(DataError, match=r"c.json: the control set has 1 pair\(s\) after the audit; .* at least 2"):
         load_lexicons(cfg)

@@ -25,9 +25,9 @@ from tli.errors import ModelError
 from tli.jobs.train import train_job
 from tli.model.embed import Probe, collate, decoder_of, embed_words, hidden_states, pool, tokenize_words
 from tli.model.loading import ModelSpec, load_model, load_tokenizer, truncated
-from tli.model.lora import LoraSpec
+from tli.model.lora import LoraConfig
 from tli.training.losses import InfoNCE
-from tli.training.module import TLIModule, TrainOptions
+from tli.training.module import TLIModule, TrainConfig
 from tli.training.optim import OptimConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,10 +103,10 @@ def family_nf4(family, family_dirs):
     return family, model, tok
 
 
-def make_module(path, k: int, quantization: str = "nf4", lora: LoraSpec | None = None, **options) -> TLIModule:
+def make_module(path, k: int, quantization: str = "nf4", lora: LoraConfig | None = None, **options) -> TLIModule:
     module = TLIModule(ModelSpec(name_or_path=str(path), quantization=quantization), Probe(target_layer=k),
-                       lora or LoraSpec(r=4, alpha=8, dropout=0.0), InfoNCE(0.1), OptimConfig(lr=1e-3),
-                       TrainOptions(**options))
+                       lora or LoraConfig(r=4, alpha=8, dropout=0.0), InfoNCE(0.1), OptimConfig(lr=1e-3),
+                       TrainConfig(**options))
     module.configure_model()
     return module
 
@@ -321,7 +321,7 @@ def test_lora_on_blocks_up_to_k_all_trained_after_a_validation_pass(family, fami
     _, grads = step(module, batch)
     assert grads.keys() == trainable and reached(grads) == trainable, sorted(trainable - reached(grads))
 
-    everywhere = make_module(family_dirs(family), k, lora=LoraSpec(r=4, alpha=8, dropout=0.0, blocks="all"),
+    everywhere = make_module(family_dirs(family), k, lora=LoraConfig(r=4, alpha=8, dropout=0.0, blocks="all"),
                              truncate=False)
     randomise_lora_b(everywhere)
     _, grads = step(everywhere, batch)
@@ -374,7 +374,7 @@ def test_a_decoder_that_ignores_the_truncation_fails_loudly(tiny_spec):
         hidden_states(model, batch["words"])
     assert model.config.num_hidden_layers == 4  # restored after the error
 
-    module = TLIModule(ModelSpec(), Probe(target_layer=2), LoraSpec(r=4), InfoNCE(0.1), OptimConfig(lr=1e-3))
+    module = TLIModule(ModelSpec(), Probe(target_layer=2), LoraConfig(r=4), InfoNCE(0.1), OptimConfig(lr=1e-3))
     module.backbone = model  # the module as configure_model leaves it, with this decoder
     with pytest.raises(ModelError, match=message):
         module.training_step(batch, 0)

@@ -5,13 +5,13 @@ import torch
 from tli.errors import ConfigError, ModelError
 from tli.model.embed import collate, hidden_states, pool, tokenize_words
 from tli.model.loading import load_model
-from tli.model.lora import LoraSpec, apply_lora, lora_parameters
+from tli.model.lora import LoraConfig, apply_lora, lora_parameters
 
 
 @pytest.fixture
 def nf4_lora(tiny_spec):
     model, tok = load_model(tiny_spec, device="cpu")
-    return apply_lora(model, LoraSpec(r=4, alpha=8, dropout=0.0), target_layer=3), tok
+    return apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), target_layer=3), tok
 
 
 def _block(name: str) -> int:
@@ -51,14 +51,14 @@ def test_gradients_reach_every_adapter_after_a_validation_pass(nf4_lora):
 
 
 def test_explicit_blocks_and_errors(tiny_spec):
-    assert LoraSpec(blocks="all").block_numbers(2, 32) == list(range(1, 33))
-    assert LoraSpec(blocks=[3, 1]).block_numbers(2, 32) == [1, 3]
+    assert LoraConfig(blocks="all").block_numbers(2, 32) == list(range(1, 33))
+    assert LoraConfig(blocks=[3, 1]).block_numbers(2, 32) == [1, 3]
     with pytest.raises(ConfigError, match=r"lora.blocks=\[0, 40\].*1..32"):
-        LoraSpec(blocks=[0, 40]).block_numbers(2, 32)
+        LoraConfig(blocks=[0, 40]).block_numbers(2, 32)
     with pytest.raises(ConfigError, match="lora.r=0 must be a positive integer"):
-        LoraSpec(r=0)
+        LoraConfig(r=0)
     with pytest.raises(ConfigError, match="lora.dropout"):
-        LoraSpec(dropout=1.5)
+        LoraConfig(dropout=1.5)
     model, _ = load_model(tiny_spec, device="cpu", num_layers_kept=2)
     with pytest.raises(ModelError, match=r"lora.target_modules=.*\['qproj'\] not found.*q_proj"):
-        apply_lora(model, LoraSpec(target_modules=["qproj"]), target_layer=2)
+        apply_lora(model, LoraConfig(target_modules=["qproj"]), target_layer=2)

@@ -12,7 +12,7 @@ from tli.eval.metrics import (
     CRITERIA,
     METRICS,
     Centring,
-    MetricOptions,
+    MetricsConfig,
     alignment,
     metric,
     metric_key,
@@ -187,7 +187,7 @@ def test_pool_retrieval_equals_a_loop_over_the_same_pools():
 
 def test_pair_scores_margin_is_exact_and_pool_rank_is_bounded():
     gold, src, tgt = _lexicon()
-    scores = pair_scores(src, tgt, gold, MetricOptions(pool_size=5, seed=1))
+    scores = pair_scores(src, tgt, gold, MetricsConfig(pool_size=5, seed=1))
     cos = _np_cos(src.numpy(), tgt.numpy())
     s, t = gold.src_index.tolist(), gold.tgt_index.tolist()
     for i in range(len(s)):
@@ -195,7 +195,7 @@ def test_pair_scores_margin_is_exact_and_pool_rank_is_bounded():
         assert float(scores["margin"][i]) == pytest.approx(cos[s[i], t[i]] - np.mean(others), abs=1e-12)
         assert float(scores["cosine"][i]) == pytest.approx(cos[s[i], t[i]], abs=1e-12)
     assert ((scores["pool_mrr"] >= 1 / 5 - 1e-12) & (scores["pool_mrr"] <= 1)).all()
-    again = pair_scores(src, tgt, gold, MetricOptions(pool_size=5, seed=1))
+    again = pair_scores(src, tgt, gold, MetricsConfig(pool_size=5, seed=1))
     assert torch.equal(again["pool_mrr"], scores["pool_mrr"])  # seeded
     one_to_one = GoldPairs.from_pairs(list(range(8)), list(range(8)))
     x = _rand(8, 6, seed=3)
@@ -204,7 +204,7 @@ def test_pair_scores_margin_is_exact_and_pool_rank_is_bounded():
 
 def test_alignment_returns_the_registry_and_agrees_with_its_parts():
     gold, src, tgt = _lexicon()
-    out = alignment(src, tgt, gold, MetricOptions(csls_k=3, pool_size=5, n_pools=10))
+    out = alignment(src, tgt, gold, MetricsConfig(csls_k=3, pool_size=5, n_pools=10))
     assert set(out) == set(METRICS) | set(COUNTS)
     mean, sd = mismatched_moments(src[gold.src_index], tgt[gold.tgt_index], gold)
     cos = float(pair_cosines(src[gold.src_index], tgt[gold.tgt_index]).mean())
@@ -218,7 +218,7 @@ def test_alignment_returns_the_registry_and_agrees_with_its_parts():
 def test_large_sets_are_scored_on_a_documented_sample():
     gold = GoldPairs.from_pairs(list(range(60)), list(range(60)))
     src, tgt = _rand(60, 8, seed=5), _rand(60, 8, seed=6)
-    opts = MetricOptions(max_pool=25, pool_size=5, seed=3)
+    opts = MetricsConfig(max_pool=25, pool_size=5, seed=3)
     out = alignment(src, tgt, gold, opts)
     assert out["retrieval_pool"] == 25 and out["n_pairs"] == 60  # cosines over all pairs, retrieval on 25
     sample = torch.randperm(60, generator=torch.Generator().manual_seed(3))[:25]
@@ -247,4 +247,4 @@ def test_registry_names_keys_and_errors():
     assert metric_key("val", "p_at_1", 12) == "val/p_at_1@12"
     assert metric_key("val", "p_at_1", 12, centred=True) == "val/centred/p_at_1@12"
     with pytest.raises(ConfigError, match="metrics.pool_size=1 must be >= 2"):
-        MetricOptions(pool_size=1)
+        MetricsConfig(pool_size=1)

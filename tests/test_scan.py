@@ -27,7 +27,7 @@ from tli.jobs.scan import scan_job
 from tli.model.adapter import save_adapter
 from tli.model.embed import Probe, embed_words
 from tli.model.loading import ModelSpec, load_model
-from tli.model.lora import LoraSpec, apply_lora
+from tli.model.lora import LoraConfig, apply_lora
 
 ROOT = Path(__file__).resolve().parents[1]
 LEXICONS = ROOT / "tli" / "lexicons" / "sw_en"
@@ -321,7 +321,7 @@ def no_weights(monkeypatch):
 
 def _tiny_adapter(tiny_dir, out: Path, base_model: str, perturb: bool = False) -> Path:
     model, _ = load_model(ModelSpec(name_or_path=str(tiny_dir), quantization="none"), device="cpu")
-    peft_model = apply_lora(model, LoraSpec(r=2), target_layer=2)
+    peft_model = apply_lora(model, LoraConfig(r=2), target_layer=2)
     if perturb:  # LoRA B starts at zero (a no-op adapter): make it change the model
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from tli.errors import TrainingError
 from tli.jobs.train import train_job
 from tli.model.embed import Probe, collate, hidden_states, pool, tokenize_words
-from tli.model.lora import LoraSpec
+from tli.model.lora import LoraConfig
 from tli.training.losses import InfoNCE
-from tli.training.module import TLIModule, TrainOptions
+from tli.training.module import TLIModule, TrainConfig
 from tli.training.optim import OptimConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +46,8 @@ def test_fast_dev_run_exports_a_peft_adapter(train_cfg, tmp_path, tiny_dir):
 
 
 def make_module(spec, target_layer: int, **options) -> TLIModule:
-    module = TLIModule(spec, Probe(target_layer=target_layer), LoraSpec(r=4, alpha=8, dropout=0.0), InfoNCE(0.1),
-                       OptimConfig(lr=1e-3), TrainOptions(**options))
+    module = TLIModule(spec, Probe(target_layer=target_layer), LoraConfig(r=4, alpha=8, dropout=0.0), InfoNCE(0.1),
+                       OptimConfig(lr=1e-3), TrainConfig(**options))
     module.configure_model()
     return module
 

@@ -205,12 +205,12 @@ def test_generation_stops_at_the_first_newline(tiny_fp32):
 
 @pytest.mark.slow
 def test_peft_model_with_adapter_disabled_or_zero_equals_base(tiny_fp32):
-    from peft import LoraConfig, get_peft_model
+    import peft
 
     model, tok = tiny_fp32
     prompts = varied_prompts()[:6]
     base = generate_answers(model, tok, prompts, batch_size=4)
-    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    peft_model = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     assert generate_answers(peft_model, tok, prompts, batch_size=4) == base  # LoRA B starts at zero
     with torch.no_grad():
         for name, p in peft_model.named_parameters():

@@ -21,15 +21,14 @@ from omegaconf import MISSING
 
 from tli.data.config import DataConfig
 from tli.errors import ConfigError
-from tli.eval.evaluation import EvalOptions
-from tli.eval.metrics import MetricOptions
-from tli.eval.scan import ScanOptions
-from tli.jobs.tracking import LoggerConfig
+from tli.eval.evaluation import EvalConfig
+from tli.eval.metrics import MetricsConfig
+from tli.eval.scan import ScanConfig
 from tli.model.embed import Probe
 from tli.model.loading import ModelSpec
-from tli.model.lora import LoraSpec
+from tli.model.lora import LoraConfig
 from tli.training.checkpoints import CallbacksConfig, ObjectiveConfig
-from tli.training.module import TrainOptions
+from tli.training.module import TrainConfig
 from tli.training.optim import OptimConfig
 
 
@@ -55,19 +54,41 @@ class PathsConfig:
     cache_dir: str = "${oc.env:TLI_CACHE_DIR,'~/.cache/tli'}"  # the tiny model and converted GGUF files
 
 
+LOGGERS = ("csv", "wandb", "none")
+
+
+@dataclass
+class LoggerConfig:
+    """`logger.*`: experiment tracking (tli.jobs.tracking)."""
+
+    type: str = "none"  # csv | wandb | none
+    project: str = "tli"
+    entity: str | None = None
+    group: str | None = None  # jobs of a multirun are grouped by their sweep directory (set by train.py)
+    name: str | None = None  # default: the run directory's name
+    tags: list[str] = field(default_factory=list)
+    offline: Any = "auto"  # auto: offline unless WANDB_API_KEY is set or `wandb login` was run; or true / false
+
+    def __post_init__(self):
+        if self.type not in LOGGERS:
+            raise ConfigError(f"logger.type={self.type!r} is not one of {', '.join(LOGGERS)}")
+        if self.offline not in ("auto", True, False):
+            raise ConfigError(f"logger.offline={self.offline!r} must be auto, true or false")
+
+
 @dataclass
 class TLIConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = MISSING  # from a data preset (conf/data/)
-    metrics: MetricOptions = field(default_factory=MetricOptions)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # train.py
-    lora: LoraSpec = field(default_factory=LoraSpec)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     loss: dict[str, Any] = field(default_factory=lambda: {"name": "infonce"})  # checked by tli.training.losses
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainOptions = field(default_factory=TrainOptions)
+    train: TrainConfig = field(default_factory=TrainConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     trainer: dict[str, Any] = field(default_factory=dict)  # any Lightning Trainer argument
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
@@ -75,8 +96,8 @@ class TLIConfig:
     evaluate: bool = False  # train.py: evaluate the finished run into <run dir>/eval/ (the adapter/ it kept)
     # scan.py and evaluate.py
     adapter: Any = None  # an adapter directory written by train.py, or a list of them (evaluate: several seeds)
-    scan: ScanOptions = field(default_factory=ScanOptions)
-    eval: EvalOptions = field(default_factory=EvalOptions)
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def register() -> None:

@@ -13,7 +13,7 @@ MIN_PAIRS = 2  # a split needs a second pair for retrieval and the mismatched ba
 
 
 @dataclass
-class AuditPolicy:
+class AuditConfig:
     """`data.audit.<check>`: error | warn | drop | ignore (see tli.data.audit)."""
 
     duplicate_pair: str = DEFAULT_POLICY["duplicate_pair"]
@@ -37,7 +37,7 @@ class DataConfig:
     tgt_lang: str | None = None
     format: str = "auto"  # auto (by suffix) | json | jsonl | csv | tsv
     clean_glosses: bool = False  # "orange (fruit)" -> "orange", "soldier/police officer" -> "soldier"
-    audit: AuditPolicy = field(default_factory=AuditPolicy)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     max_word_chars: int = MAX_WORD_CHARS  # longer words are a `long_word` audit finding (error by default)
     batch_size: int = 16  # pairs per training batch and per process (>= 2: in-batch negatives)
     val_fraction: float = 0.1  # validation pairs carved from the training lexicon by seed

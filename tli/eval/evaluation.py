@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tli.errors import ConfigError
-from tli.eval.metrics import HEADLINE, PAIR_SCORES, MetricOptions, alignment, pair_scores
+from tli.eval.metrics import HEADLINE, PAIR_SCORES, MetricsConfig, alignment, pair_scores
 from tli.eval.scan import SplitVectors, layer_cells
 from tli.eval.stats import aggregate_runs, difference_in_differences, paired_stats
 
@@ -22,7 +22,7 @@ VARIANTS = ("raw", "centred")
 
 
 @dataclass
-class EvalOptions:
+class EvalConfig:
     """`eval.*`."""
 
     layers: list[int] | None = None  # hidden-state indices to report (null: the adapter's target layer and the last)
@@ -52,7 +52,7 @@ class EvalOptions:
             raise ConfigError(f"eval.generation_batch_size={self.generation_batch_size} must be >= 1")
 
 
-def layer_scores(vectors: dict[str, SplitVectors], layers: list[int], options: MetricOptions) -> dict:
+def layer_scores(vectors: dict[str, SplitVectors], layers: list[int], options: MetricsConfig) -> dict:
     """variant -> split -> layer -> {"metrics": alignment(...), "pairs": pair_scores(...)} for one model state."""
     out: dict = {}
     for variant, split, _, layer, src, tgt in layer_cells(vectors, options.centre, layers):

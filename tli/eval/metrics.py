@@ -72,7 +72,7 @@ def metric(name: str, key: str) -> Metric:
 
 
 @dataclass
-class MetricOptions:
+class MetricsConfig:
     """`metrics.*` settings, shared by validation, scan and evaluation."""
 
     csls_k: int = 10  # neighbourhood size of CSLS
@@ -116,7 +116,7 @@ def mismatched_moments(ps: torch.Tensor, pt: torch.Tensor, gold: GoldPairs) -> t
 PAIR_SCORES = ("cosine", "margin", "pool_mrr")  # per-pair scores: paired tests and trained-vs-control comparisons
 
 
-def pair_scores(src: torch.Tensor, tgt: torch.Tensor, gold: GoldPairs, options: MetricOptions | None = None,
+def pair_scores(src: torch.Tensor, tgt: torch.Tensor, gold: GoldPairs, options: MetricsConfig | None = None,
                 n_draws: int = 20) -> dict[str, torch.Tensor]:
     """Per-pair versions of `cosine`, `margin` and `pool_mrr`, each (P,), for paired tests before/after and for
     comparing trained with control pairs (both baseline-corrected and pool-size-free, unlike raw retrieval).
@@ -125,7 +125,7 @@ def pair_scores(src: torch.Tensor, tgt: torch.Tensor, gold: GoldPairs, options: 
     O(P D)). pool_mrr: reciprocal rank of the translation among it and `pool_size - 1` random mismatched words of
     the split, both directions averaged, mean over `n_draws` draws (seeded).
     """
-    opt = options or MetricOptions()
+    opt = options or MetricsConfig()
     src, tgt = normalize(src).double(), normalize(tgt).double()
     ps, pt = src[gold.src_index], tgt[gold.tgt_index]  # (P, D)
     P = gold.n_pairs
@@ -153,9 +153,9 @@ def pair_scores(src: torch.Tensor, tgt: torch.Tensor, gold: GoldPairs, options: 
 
 
 def alignment(src: torch.Tensor, tgt: torch.Tensor, gold: GoldPairs,
-              options: MetricOptions | None = None) -> dict[str, float]:
+              options: MetricsConfig | None = None) -> dict[str, float]:
     """Every registered metric (and the counts in `COUNTS`) for one layer: (Ns, D), (Nt, D) unique-word vectors."""
-    opt = options or MetricOptions()
+    opt = options or MetricsConfig()
     src, tgt = normalize(src), normalize(tgt)
     ps, pt = src[gold.src_index], tgt[gold.tgt_index]  # (P, D)
     cosine = float(pair_cosines(ps, pt).double().mean())

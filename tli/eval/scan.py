@@ -16,14 +16,14 @@ import torch
 from tli.console import track
 from tli.data.lexicon import Lexicon
 from tli.errors import ConfigError
-from tli.eval.metrics import METRICS, Centring, MetricOptions, alignment, metric
+from tli.eval.metrics import METRICS, Centring, MetricsConfig, alignment, metric
 from tli.eval.pairs import GoldPairs
 from tli.eval.stats import bootstrap_ci
 from tli.model.embed import Probe, embed_words
 
 
 @dataclass
-class ScanOptions:
+class ScanConfig:
     """`scan.*`."""
 
     layers: list[int] | None = None  # hidden-state indices to scan (null = all 0..L)
@@ -81,8 +81,8 @@ def layer_cells(vectors: dict[str, SplitVectors], centre: bool, layers: list[int
                 yield variant, split, slot, layer, src, tgt
 
 
-def run_scan(model, tokenizer, splits: dict[str, Lexicon], probe: Probe, options: ScanOptions,
-             metrics: MetricOptions, tag: str = "base") -> list[dict]:
+def run_scan(model, tokenizer, splits: dict[str, Lexicon], probe: Probe, options: ScanConfig,
+             metrics: MetricsConfig, tag: str = "base") -> list[dict]:
     """Rows for every (split, vectors, layer): every registered metric, the cosine's bootstrap CI and the BOS-norm
     diagnostic. `model` may be a PeftModel (its active adapter is scanned)."""
     was_training = model.training
@@ -104,7 +104,7 @@ def run_scan(model, tokenizer, splits: dict[str, Lexicon], probe: Probe, options
     return rows
 
 
-def recommend(rows: list[dict], options: ScanOptions, tag: str = "base") -> dict:
+def recommend(rows: list[dict], options: ScanConfig, tag: str = "base") -> dict:
     """The recommended target layer (argmax of the criterion over trainable indices 1..L), why, and the raw-cosine
     argmax (what the paper's pilot would have chosen) for comparison."""
     variant = "centred" if options.criterion_centred else "raw"

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from tli.errors import ConfigError, DataError
-from tli.eval.evaluation import EvalOptions
+from tli.eval.evaluation import EvalConfig
 from tli.eval.lm_loss import bundled_heldout, compare_lm_loss, lm_loss, read_sentences
 from tli.eval.translation import (
     DIRECTIONS,
@@ -24,7 +24,7 @@ from tli.eval.translation_report import summarize_translation
 log = logging.getLogger(__name__)
 
 
-def translation_queries(opts: EvalOptions, splits: dict, seed: int) -> list[Query]:
+def translation_queries(opts: EvalConfig, splits: dict, seed: int) -> list[Query]:
     """The few-shot prompts of `eval.translation` (shots drawn with `seed` from the other split), built before any
     weights load so that impossible settings fail at once."""
     if "control" not in splits:
@@ -36,7 +36,7 @@ def translation_queries(opts: EvalOptions, splits: dict, seed: int) -> list[Quer
         raise ConfigError(f"eval.shots={opts.shots}: {err}") from err
 
 
-def heldout_samples(opts: EvalOptions, src_lang: str, tgt_lang: str) -> dict[str, dict]:
+def heldout_samples(opts: EvalConfig, src_lang: str, tgt_lang: str) -> dict[str, dict]:
     """language -> {"file", "sentences"} for both languages of the pair (`eval.lm_loss`): the file given as
     `eval.heldout_src` / `eval.heldout_tgt`, else the bundled sample of `data.src_lang` / `data.tgt_lang`."""
     out = {}
@@ -57,7 +57,7 @@ def heldout_samples(opts: EvalOptions, src_lang: str, tgt_lang: str) -> dict[str
     return out
 
 
-def behaviour(model, tokenizer, queries: list[Query], heldout: dict, opts: EvalOptions) -> dict:
+def behaviour(model, tokenizer, queries: list[Query], heldout: dict, opts: EvalConfig) -> dict:
     """What the model does in one state: translation rows (one per query) and held-out LM loss per language."""
     start = time.perf_counter()
     rows = evaluate_translation(model, tokenizer, queries, batch_size=opts.generation_batch_size,
@@ -101,7 +101,7 @@ def behaviour_lines(run: dict) -> list[str]:
     return lines
 
 
-def translation_settings(opts: EvalOptions, queries: list[Query], lexicon, seed: int) -> dict | None:
+def translation_settings(opts: EvalConfig, queries: list[Query], lexicon, seed: int) -> dict | None:
     """summary["settings"]["translation"]: the generation settings and the number of words per split and direction."""
     if not queries:
         return None

@@ -5,30 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from tli.errors import ConfigError
-
-LOGGERS = ("csv", "wandb", "none")
-
-
-@dataclass
-class LoggerConfig:
-    type: str = "none"  # csv | wandb | none
-    project: str = "tli"
-    entity: str | None = None
-    group: str | None = None  # jobs of a multirun are grouped by their sweep directory (set by train.py)
-    name: str | None = None  # default: the run directory's name
-    tags: list[str] = field(default_factory=list)
-    offline: Any = "auto"  # auto: offline unless WANDB_API_KEY is set or `wandb login` was run; or true / false
-
-    def __post_init__(self):
-        if self.type not in LOGGERS:
-            raise ConfigError(f"logger.type={self.type!r} is not one of {', '.join(LOGGERS)}")
-        if self.offline not in ("auto", True, False):
-            raise ConfigError(f"logger.offline={self.offline!r} must be auto, true or false")
+from tli.config import LoggerConfig
 
 
 def wandb_offline(setting) -> bool:

@@ -12,7 +12,7 @@ from tli.model.loading import find_decoder_layers, num_layers
 
 
 @dataclass
-class LoraSpec:
+class LoraConfig:
     """`lora.*`: LoRA adapters (peft). The paper: r 16, alpha 32, dropout 0.05 on q_proj and v_proj."""
 
     r: int = 16
@@ -46,9 +46,9 @@ class LoraSpec:
         return sorted(set(self.blocks))
 
 
-def apply_lora(model: nn.Module, spec: LoraSpec, target_layer: int):
+def apply_lora(model: nn.Module, spec: LoraConfig, target_layer: int):
     """Wrap `model` in a PeftModel with LoRA on `spec.target_modules` of the chosen blocks; the base is frozen."""
-    from peft import LoraConfig, get_peft_model
+    import peft
 
     layers_name, layers = find_decoder_layers(model)
     blocks = spec.block_numbers(target_layer, num_layers(model.config))
@@ -62,7 +62,7 @@ def apply_lora(model: nn.Module, spec: LoraSpec, target_layer: int):
         )
     for p in model.parameters():
         p.requires_grad_(False)
-    config = LoraConfig(
+    config = peft.LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
@@ -71,7 +71,7 @@ def apply_lora(model: nn.Module, spec: LoraSpec, target_layer: int):
         layers_pattern=layers_name.rsplit(".", 1)[-1],
         bias="none",
     )
-    return get_peft_model(model, config)
+    return peft.get_peft_model(model, config)
 
 
 def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -16,17 +16,17 @@ import lightning as L
 import torch
 
 from tli.errors import CheckpointError, TrainingError
-from tli.eval.metrics import METRICS, Centring, MetricOptions, alignment, metric_key
+from tli.eval.metrics import METRICS, Centring, MetricsConfig, alignment, metric_key
 from tli.eval.pairs import GoldPairs
 from tli.model.embed import Probe, hidden_states, pool
 from tli.model.loading import ModelSpec, load_model, num_layers, truncated
-from tli.model.lora import LoraSpec, apply_lora
+from tli.model.lora import LoraConfig, apply_lora
 from tli.training.losses import ContrastiveLoss
 from tli.training.optim import OptimConfig
 
 
 @dataclass
-class TrainOptions:
+class TrainConfig:
     """`train.*`."""
 
     truncate: bool = True  # run only blocks 1..k in training steps (identical loss and gradients, faster)
@@ -35,11 +35,11 @@ class TrainOptions:
 
 
 class TLIModule(L.LightningModule):
-    def __init__(self, model: ModelSpec, probe: Probe, lora: LoraSpec, loss: ContrastiveLoss, optim: OptimConfig,
-                 options: TrainOptions | None = None, metrics: MetricOptions | None = None):
+    def __init__(self, model: ModelSpec, probe: Probe, lora: LoraConfig, loss: ContrastiveLoss, optim: OptimConfig,
+                 options: TrainConfig | None = None, metrics: MetricsConfig | None = None):
         super().__init__()
         self.spec, self.probe, self.lora_spec, self.optim_cfg = model, probe, lora, optim
-        self.options, self.metric_options = options or TrainOptions(), metrics or MetricOptions()
+        self.options, self.metric_options = options or TrainConfig(), metrics or MetricsConfig()
         # Plain containers only: checkpoints load with weights_only=True; the backbone is never a hyperparameter.
         self.save_hyperparameters({"model": asdict(model), "probe": asdict(probe), "lora": asdict(lora),
                                    "loss": dict(getattr(loss, "settings", {})), "optim": asdict(optim),
