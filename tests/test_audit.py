@@ -9,9 +9,18 @@ import sys
 
 import pytest
 
-from tli.data.audit import DEFAULT_POLICY, POLICIES, AuditResult, audit, check_policy, format_audit, write_audit
+from tli.data.audit import (
+    DEFAULT_POLICY,
+    POLICIES,
+    AuditConfig,
+    AuditResult,
+    audit,
+    check_policy,
+    format_audit,
+    write_audit,
+)
 from tli.data.lexicon import read_lexicon
-from tli.errors import DataError
+from tli.errors import ConfigError, DataError
 
 
 def lexicon(tmp_path, name, pairs):
@@ -62,7 +71,9 @@ def test_default_policy():
         "leaked_word": "warn",
         "multi_word": "warn",
         "long_word": "error",
+        "special_token": "warn",
     }
+    assert DEFAULT_POLICY == vars(AuditConfig())  # one definition: the config's defaults
     assert POLICIES == ("error", "warn", "drop", "ignore")
 
 
@@ -261,6 +272,44 @@ def test_long_words_are_refused_with_their_limit(tmp_path):
     assert len(audit(train, max_word_chars=20_000).train) == 3
 
 
+def test_special_token_text_is_a_warning(tmp_path):
+    pairs = [("maji", "water"), ("<bos>", "start"), ("mkate", "bread </s>"), ("mti", "<|im_end|>"), ("<b>", "bold")]
+    train = lexicon(tmp_path, "train.json", pairs)
+    result = audit(train)
+    found = [f for f in result.findings if f.kind == "special_token"]
+    assert [f.where for f in found] == [["entry 2"], ["entry 3"], ["entry 4"]]  # <b> is not special-token text
+    assert all(f.action == "warn" and f.split == "train" and f.file == str(train.path) for f in found)
+    assert "'<bos>'->'start'" in found[0].detail and "['<bos>']" in found[0].detail
+    assert "['</s>']" in found[1].detail and "['<|im_end|>']" in found[2].detail
+    assert len(result.train) == 5
+    assert tuples(audit(train, policy={"special_token": "drop"}).train) == [("maji", "water"), ("<b>", "bold")]
+    assert "special_token" not in kinds(audit(train, policy={"special_token": "ignore"}))
+    with pytest.raises(DataError, match=r"special_token in .*train\.json \(entry 2\)"):
+        audit(train, policy={"special_token": "error"})
+
+
+def test_special_token_text_of_the_tokenizer(tmp_path):
+    class Tokenizer:  # the attributes of a transformers tokenizer the check reads
+        all_special_tokens = ["<start_of_turn>", "<pad>"]
+        added_tokens_decoder = {}
+
+    train = lexicon(tmp_path, "train.json", [("maji", "water"), ("<start_of_turn>", "turn"), ("<bos>", "start")])
+    control = lexicon(tmp_path, "control.json", [("nyumba", "<pad>"), ("mbwa", "dog")])
+    result = audit(train, control, tokenizer=Tokenizer())
+    found = [(f.split, f.where) for f in result.findings if f.kind == "special_token"]
+    assert found == [("train", ["entry 2"]), ("control", ["entry 1"])]  # "<bos>" is plain text to this tokenizer
+
+
+def test_special_token_text_of_the_tiny_tokenizer(tmp_path, tiny_spec):
+    from tli.model.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_spec)
+    special = tokenizer.all_special_tokens[0]
+    train = lexicon(tmp_path, "train.json", [("maji", "water"), (f"mkate{special}", "bread"), ("mti", "tree")])
+    (finding,) = audit(train, tokenizer=tokenizer).findings
+    assert finding.kind == "special_token" and finding.where == ["entry 2"] and repr(special) in finding.detail
+
+
 @pytest.mark.parametrize("kind", ["duplicate_pair", "duplicate_source", "duplicate_target", "multi_word"])
 def test_ignore_suppresses_a_split_check(tmp_path, kind):
     pairs = [("maji", "water"), ("maji", "water"), ("maji", "liquid"), ("kinywaji", "water"), ("mti mkubwa", "tree")]
@@ -300,24 +349,26 @@ def test_check_policy_merges_defaults():
 
 
 def test_invalid_policy_key(tmp_path):
-    with pytest.raises(DataError) as info:
+    with pytest.raises(ConfigError) as info:
         check_policy({"duplicates": "drop"})
     msg = str(info.value)
     assert "data.audit.duplicates" in msg and "unknown" in msg
     for kind in DEFAULT_POLICY:
         assert kind in msg
-    with pytest.raises(DataError, match=r"data\.audit\.duplicates"):
+    with pytest.raises(ConfigError, match=r"data\.audit\.duplicates"):
         audit(lexicon(tmp_path, "train.json", TRAIN), policy={"duplicates": "drop"})
 
 
 @pytest.mark.parametrize("action", ["fail", "Drop", "", None])
 def test_invalid_policy_action(action):
-    with pytest.raises(DataError) as info:
+    with pytest.raises(ConfigError) as info:
         check_policy({"leaked_word": action})
     msg = str(info.value)
     assert f"data.audit.leaked_word={action!r}" in msg
     for allowed in POLICIES:
         assert allowed in msg
+    with pytest.raises(ConfigError, match=r"data\.audit\.leaked_word"):
+        AuditConfig(leaked_word=action)  # the config refuses it at start-up
 
 
 # ---------------------------------------------------------------- nothing left
@@ -398,6 +449,21 @@ def test_warnings_are_logged(tmp_path, caplog):
     assert "duplicate_source" in text and "[warn]" in text
     assert "duplicate_pair" in text and "[drop]" in text
     assert str(train.path) in text and "entry 1, entry 2" in text
+
+
+def test_two_audits_in_one_process_both_log(tmp_path, caplog):
+    train = lexicon(tmp_path, "train.json", [("maji", "water"), ("maji", "liquid")])
+    with caplog.at_level(logging.WARNING, logger="tli.data.audit"):
+        audit(train)
+        audit(train)
+    assert len([r for r in caplog.records if r.name == "tli.data.audit"]) == 2
+    caplog.clear()
+    reported: set = set()  # a caller that audits the same lexicon twice logs each finding once
+    with caplog.at_level(logging.WARNING, logger="tli.data.audit"):
+        first = audit(train, reported=reported)
+        second = audit(train, reported=reported)
+    assert len([r for r in caplog.records if r.name == "tli.data.audit"]) == 1
+    assert first.findings == second.findings and reported
 
 
 def test_ignored_and_clean_are_not_logged(tmp_path, caplog):

@@ -1,47 +1,65 @@
-"""Lexicon audit: duplicates inside a split, leakage between training and control sets, multi-word entries.
+"""Lexicon audit: duplicates inside a split, leakage between training and control sets, multi-word, overlong and
+special-token entries.
 
-Each kind of finding has a policy: `error` (stop), `warn` (report, keep), `drop` (report, remove) or `ignore`.
-Strings are compared case-folded after NFC normalisation. Drops keep the first occurrence inside a split and remove
-leaked pairs from the control set (the training set is what the model sees; the control set must stay unseen).
+Each check has a policy (`AuditConfig`, the one definition of the checks and their defaults): `error` (stop), `warn`
+(report, keep), `drop` (report, remove) or `ignore`. Strings are compared case-folded after NFC normalisation. Drops
+keep the first occurrence inside a split and remove leaked pairs from the control set (the training set is what the
+model sees; the control set must stay unseen). A check is a function `(lexicon(s), ...) -> (findings, indices)`;
+`audit` runs them in order, each on what the previous ones kept, and logs the warnings the caller has not seen yet.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 
+from tli.data import checks
+from tli.data.checks import MAX_WORD_CHARS, Finding
 from tli.data.lexicon import Lexicon
-from tli.errors import DataError
+from tli.errors import ConfigError, DataError, TLIError
 from tli.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 POLICIES = ("error", "warn", "drop", "ignore")
-DEFAULT_POLICY = {
-    "duplicate_pair": "drop",  # the same pair twice: pure redundancy
-    "duplicate_source": "warn",  # one source word, several targets: false negatives for in-batch training
-    "duplicate_target": "warn",
-    "leaked_pair": "error",  # a control pair that is also trained on: the control set is no longer unseen
-    "leaked_word": "warn",  # a source or target word in both sets (the paper's control set has 6 such words)
-    "multi_word": "warn",
-    "long_word": "error",  # longer than max_word_chars: a broken entry (a gloss, a sentence), and costly to embed
-}
-MAX_WORD_CHARS = 100
 MAX_LOGGED = 5  # findings of one kind logged one by one; audit.json has them all
-_REPORTED: set = set()
-
 
 
 @dataclass
-class Finding:
-    kind: str
-    split: str
-    file: str
-    detail: str
-    where: list[str]
-    action: str = ""
+class AuditConfig:
+    """`data.audit.<check>`: one of POLICIES per check. The one list of the checks (each a function of that name in
+    tli.data.checks), in the order they run, with their defaults; the presets, the CLI and the summary derive theirs."""
+
+    duplicate_pair: str = "drop"  # the same pair twice: pure redundancy
+    duplicate_source: str = "warn"  # one source word, several targets: false negatives for in-batch training
+    duplicate_target: str = "warn"
+    long_word: str = "error"  # longer than data.max_word_chars: a broken entry (a gloss, a sentence), costly to embed
+    multi_word: str = "warn"
+    special_token: str = "warn"  # special-token text (`<bos>`, `<pad>`): the tokenizer reads it as a control token
+    leaked_pair: str = "error"  # a control pair that is also trained on: the control set is no longer unseen
+    leaked_word: str = "warn"  # a source or target word in both sets (the paper's control set has 6 such words)
+
+    def __post_init__(self):
+        check_policy(vars(self))
+
+
+CHECKS = tuple(f.name for f in fields(AuditConfig))
+DEFAULT_POLICY = {f.name: f.default for f in fields(AuditConfig)}
+
+
+def check_policy(policy: dict[str, str] | None) -> dict[str, str]:
+    """The defaults overridden by `policy`; a ConfigError names an unknown check or action and lists the valid ones."""
+    merged = dict(DEFAULT_POLICY)
+    for kind, action in (policy or {}).items():
+        if kind not in DEFAULT_POLICY:
+            raise ConfigError(f"data.audit.{kind}: unknown audit check; valid: {', '.join(CHECKS)}")
+        if action not in POLICIES:
+            raise ConfigError(f"data.audit.{kind}={action!r} is not one of {', '.join(POLICIES)}")
+        merged[kind] = action
+    return merged
 
 
 @dataclass
@@ -77,34 +95,7 @@ class AuditResult:
         }
 
 
-def check_policy(policy: dict[str, str] | None) -> dict[str, str]:
-    merged = dict(DEFAULT_POLICY)
-    for kind, action in (policy or {}).items():
-        if kind not in DEFAULT_POLICY:
-            raise DataError(f"data.audit.{kind}: unknown audit check; valid: {', '.join(DEFAULT_POLICY)}")
-        if action not in POLICIES:
-            raise DataError(f"data.audit.{kind}={action!r} is not one of {', '.join(POLICIES)}")
-        merged[kind] = action
-    return merged
-
-
-def _key(s: str) -> str:
-    return s.casefold()
-
-
-def _duplicates(lex: Lexicon, split: str, kind: str, key) -> tuple[list[Finding], set[int]]:
-    """Findings for pairs sharing `key(pair)`, and the indices of the repeats (all but the first)."""
-    groups: dict[object, list[int]] = defaultdict(list)
-    for i, p in enumerate(lex.pairs):
-        groups[key(p)].append(i)
-    findings, repeats = [], set()
-    for k, idx in groups.items():
-        if len(idx) > 1:
-            pairs = ", ".join(f"{lex.pairs[i].source!r}->{lex.pairs[i].target!r}" for i in idx)
-            findings.append(Finding(kind, split, str(lex.path), f"{k!r} appears {len(idx)} times: {pairs}",
-                                    [lex.pairs[i].where for i in idx]))
-            repeats.update(idx[1:])
-    return findings, repeats
+# ---------------------------------------------------------------- running the checks
 
 
 def _apply(lex: Lexicon, findings: list[Finding], drop: set[int], action: str, reason: str) -> Lexicon:
@@ -117,68 +108,16 @@ def _apply(lex: Lexicon, findings: list[Finding], drop: set[int], action: str, r
     return replace(lex, pairs=kept, dropped=dropped)
 
 
-def audit(train: Lexicon, control: Lexicon | None = None, policy: dict[str, str] | None = None,
-          max_word_chars: int = MAX_WORD_CHARS) -> AuditResult:
-    """Run every check, apply the policies; raises DataError listing all `error` findings."""
-    policy = check_policy(policy)
-    result = AuditResult(train, control, policy=policy)
-    splits = [("train", train)] + ([("control", control)] if control is not None else [])
-    cleaned: dict[str, Lexicon] = {}
-    for split, lex in splits:
-        checks = [
-            ("duplicate_pair", lambda p: (_key(p.source), _key(p.target))),
-            ("duplicate_source", lambda p: _key(p.source)),
-            ("duplicate_target", lambda p: _key(p.target)),
-        ]
-        for kind, key in checks:
-            if policy[kind] == "ignore":
-                continue
-            found, repeats = _duplicates(lex, split, kind, key)
-            lex = _apply(lex, found, repeats, policy[kind], kind)
-            result.findings += found
-        if policy["long_word"] != "ignore":
-            long = {i for i, p in enumerate(lex.pairs) if max(len(p.source), len(p.target)) > max_word_chars}
-            found = [Finding("long_word", split, str(lex.path), f"{lex.pairs[i].source[:40]!r}->"
-                             f"{lex.pairs[i].target[:40]!r} is longer than {max_word_chars} characters "
-                             "(data.max_word_chars)", [lex.pairs[i].where]) for i in sorted(long)]
-            lex = _apply(lex, found, long, policy["long_word"], "long_word")
-            result.findings += found
-        if policy["multi_word"] != "ignore":
-            multi = {i for i, p in enumerate(lex.pairs) if " " in p.source or " " in p.target}
-            found = [Finding("multi_word", split, str(lex.path), f"{lex.pairs[i].source!r}->{lex.pairs[i].target!r}",
-                             [lex.pairs[i].where]) for i in sorted(multi)]
-            lex = _apply(lex, found, multi, policy["multi_word"], "multi_word")
-            result.findings += found
-        cleaned[split] = lex
-    if control is not None:
-        tr, co = cleaned["train"], cleaned["control"]
-        train_pairs = {(_key(p.source), _key(p.target)) for p in tr.pairs}
-        train_src, train_tgt = {_key(p.source) for p in tr.pairs}, {_key(p.target) for p in tr.pairs}
-        leaked = {i for i, p in enumerate(co.pairs) if (_key(p.source), _key(p.target)) in train_pairs}
-        found = [Finding("leaked_pair", "control", str(co.path), f"{co.pairs[i].source!r}->{co.pairs[i].target!r} "
-                         f"is also in the training set {tr.path}", [co.pairs[i].where]) for i in sorted(leaked)]
-        if policy["leaked_pair"] != "ignore":
-            co = _apply(co, found, leaked, policy["leaked_pair"], "leaked_pair")
-            result.findings += found
-        words = {}
-        for i, p in enumerate(co.pairs):
-            shared = [w for w, pool in ((p.source, train_src), (p.target, train_tgt)) if _key(w) in pool]
-            if shared and (_key(p.source), _key(p.target)) not in train_pairs:
-                words[i] = shared
-        found = [Finding("leaked_word", "control", str(co.path), f"{co.pairs[i].source!r}->{co.pairs[i].target!r} "
-                         f"shares {words[i]} with the training set", [co.pairs[i].where]) for i in sorted(words)]
-        if policy["leaked_word"] != "ignore":
-            co = _apply(co, found, set(words), policy["leaked_word"], "leaked_word")
-            result.findings += found
-        cleaned["control"] = co
-    result.train, result.control = cleaned["train"], cleaned.get("control")
-    errors = [f for f in result.findings if f.action == "error"]
+def log_findings(findings: list[Finding], reported: set | None = None) -> None:
+    """Log the `warn` and `drop` findings (MAX_LOGGED of each kind, then a count). A caller that audits the same
+    lexicon twice (train.py evaluate=true) passes the same `reported` set to both audits to log each finding once."""
+    reported = set() if reported is None else reported
     shown: dict[str, int] = defaultdict(int)
-    for f in result.findings:
+    for f in findings:
         key = (f.split, f.kind, f.file, tuple(f.where), f.detail)
-        if f.action not in ("warn", "drop") or key in _REPORTED:
-            continue  # a lexicon audited twice in one process (train.py evaluate=true) is reported once
-        _REPORTED.add(key)
+        if f.action not in ("warn", "drop") or key in reported:
+            continue
+        reported.add(key)
         shown[f.kind] += 1
         if shown[f.kind] <= MAX_LOGGED:
             log.warning("lexicon audit: %s %s in %s (%s): %s [%s]", f.split, f.kind, f.file, ", ".join(f.where),
@@ -186,6 +125,10 @@ def audit(train: Lexicon, control: Lexicon | None = None, policy: dict[str, str]
     for kind, n in shown.items():
         if n > MAX_LOGGED:
             log.warning("lexicon audit: %d more %s findings (all in the run's audit.json)", n - MAX_LOGGED, kind)
+
+
+def _raise_errors(result: AuditResult) -> None:
+    errors = [f for f in result.findings if f.action == "error"]
     if errors:
         lines = "\n".join(f"  {f.kind} in {f.file} ({', '.join(f.where)}): {f.detail}" for f in errors[:20])
         kinds = sorted({f.kind for f in errors})
@@ -196,6 +139,33 @@ def audit(train: Lexicon, control: Lexicon | None = None, policy: dict[str, str]
     for split, lex in (("train", result.train), ("control", result.control)):
         if lex is not None and not lex.pairs:
             raise DataError(f"{lex.path}: no pairs left in the {split} set after the audit dropped entries")
+
+
+def audit(train: Lexicon, control: Lexicon | None = None, policy: dict[str, str] | None = None,
+          max_word_chars: int = MAX_WORD_CHARS, tokenizer=None, reported: set | None = None) -> AuditResult:
+    """Run every check, apply the policies, log the warnings (see log_findings for `reported`); raises DataError
+    listing all `error` findings. With a `tokenizer`, special_token looks for its special tokens."""
+    policy = check_policy(policy)
+    options = {"long_word": {"max_word_chars": max_word_chars},
+               "special_token": {"pattern": checks.special_pattern(tokenizer)}}
+    run = {kind: partial(getattr(checks, kind), **options.get(kind, {})) for kind in CHECKS if policy[kind] != "ignore"}
+    findings: list[Finding] = []
+    cleaned: dict[str, Lexicon] = {}
+    for split, lex in [("train", train)] + ([("control", control)] if control is not None else []):
+        for kind, check in run.items():
+            if kind not in checks.LEAKAGE:
+                found, drop = check(lex, split)
+                lex = _apply(lex, found, drop, policy[kind], kind)
+                findings += found
+        cleaned[split] = lex
+    for kind, check in run.items():
+        if kind in checks.LEAKAGE and control is not None:
+            found, drop = check(cleaned["train"], cleaned["control"])
+            cleaned["control"] = _apply(cleaned["control"], found, drop, policy[kind], kind)
+            findings += found
+    result = AuditResult(cleaned["train"], cleaned.get("control"), findings, policy)
+    log_findings(findings, reported)
+    _raise_errors(result)
     return result
 
 
@@ -230,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clean-glosses", action="store_true")
     parser.add_argument("--out", help="write the audit as JSON here")
     parser.add_argument("--policy", nargs="*", default=[], metavar="CHECK=ACTION",
-                        help=f"checks: {', '.join(DEFAULT_POLICY)}; actions: {', '.join(POLICIES)}")
+                        help=f"checks (default action): {', '.join(f'{k}={v}' for k, v in DEFAULT_POLICY.items())}; "
+                        f"actions: {', '.join(POLICIES)}")
     args = parser.parse_args(argv)
     bad = [item for item in args.policy if "=" not in item]
     if bad:
@@ -240,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         control = read_lexicon(args.control, **read) if args.control else None
         result = audit(read_lexicon(args.train, **read), control, policy)
-    except DataError as err:  # a bad file or a failed audit: the message, not a traceback
+    except TLIError as err:  # a bad file, policy or failed audit: the message, not a traceback
         raise SystemExit(f"error: {err}") from None
     print(format_audit(result))
     if args.out:

@@ -5,24 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tli.data.audit import DEFAULT_POLICY, MAX_WORD_CHARS, AuditResult, audit
+from tli.data.audit import MAX_WORD_CHARS, AuditConfig, AuditResult, audit
 from tli.data.lexicon import read_lexicon
 from tli.errors import ConfigError, DataError
 
 MIN_PAIRS = 2  # a split needs a second pair for retrieval and the mismatched baseline
-
-
-@dataclass
-class AuditConfig:
-    """`data.audit.<check>`: error | warn | drop | ignore (see tli.data.audit)."""
-
-    duplicate_pair: str = DEFAULT_POLICY["duplicate_pair"]
-    duplicate_source: str = DEFAULT_POLICY["duplicate_source"]
-    duplicate_target: str = DEFAULT_POLICY["duplicate_target"]
-    leaked_pair: str = DEFAULT_POLICY["leaked_pair"]
-    leaked_word: str = DEFAULT_POLICY["leaked_word"]
-    multi_word: str = DEFAULT_POLICY["multi_word"]
-    long_word: str = DEFAULT_POLICY["long_word"]
 
 
 @dataclass
@@ -57,13 +44,19 @@ class DataConfig:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
 
 
-def load_lexicons(data: DataConfig, with_control: bool = True) -> AuditResult:
-    """Read the training (and control) lexicon named by `data` and audit them with its policy."""
+__all__ = ["MIN_PAIRS", "AuditConfig", "DataConfig", "load_lexicons"]  # AuditConfig: tli.data.audit's
+
+
+def load_lexicons(data: DataConfig, with_control: bool = True, tokenizer=None,
+                  reported: set | None = None) -> AuditResult:
+    """Read the training (and control) lexicon named by `data` and audit them with its policy (`tokenizer` and
+    `reported`: see tli.data.audit.audit)."""
     read = dict(src_field=data.src_field, tgt_field=data.tgt_field, fmt=data.format,
                 clean_glosses=data.clean_glosses, src_lang=data.src_lang, tgt_lang=data.tgt_lang)
     train = read_lexicon(data.train_file, **read)
     control = read_lexicon(data.control_file, **read) if with_control and data.control_file else None
-    result = audit(train, control, vars(data.audit), max_word_chars=data.max_word_chars)
+    result = audit(train, control, vars(data.audit), max_word_chars=data.max_word_chars, tokenizer=tokenizer,
+                   reported=reported)
     for split, lex in (("train", result.train), ("control", result.control)):
         if lex is not None and len(lex) < MIN_PAIRS:
             raise DataError(f"{lex.path}: the {split} set has {len(lex)} pair(s) after the audit; retrieval and the "
