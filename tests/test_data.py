@@ -12,8 +12,9 @@ import torch
 
 import tli.data.datamodule
 from tli.data.config import AuditConfig, DataConfig
-from tli.data.datamodule import PairDataModule, ResumableLoader, UniqueBatchSampler, split_validation
+from tli.data.datamodule import PairDataModule, split_validation
 from tli.data.lexicon import Lexicon, Pair
+from tli.data.sampling import ResumableLoader, UniqueBatchSampler
 from tli.errors import ConfigError, DataError
 
 # ---- UniqueBatchSampler -----------------------------------------------------------------------------------------

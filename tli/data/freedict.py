@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from tli.errors import ConfigError, DataError
+from tli.errors import DataError
 from tli.io import atomic_write_json
 
 DICTD_DIR = Path("/usr/share/dictd")
@@ -191,7 +191,7 @@ def import_freedict(index_path: str | Path, dict_path: str | Path, *, reverse: b
     headword is the target (English) and the translations are the source (Swahili).
     """
     if max_translations < 1:
-        raise ConfigError(f"max_translations must be >= 1, got {max_translations}")
+        raise ValueError(f"max_translations={max_translations} must be >= 1")
     return _import(index_path, dict_path, reverse=reverse, max_translations=max_translations,
                    single_word=single_word, src_field=src_field, tgt_field=tgt_field)[0]
 
