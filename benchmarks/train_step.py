@@ -45,7 +45,7 @@ import warnings  # noqa: E402
 import _common as bench  # noqa: E402
 import torch  # noqa: E402
 
-from tli.data.config import DataConfig, load_lexicons  # noqa: E402
+from tli.data.config import load_lexicons  # noqa: E402
 from tli.model.embed import Probe, collate, decoder_of, tokenize_words  # noqa: E402
 from tli.model.loading import (  # noqa: E402
     QUANTIZATIONS,
@@ -59,11 +59,6 @@ from tli.model.lora import LoraConfig  # noqa: E402
 from tli.training.losses import build_loss  # noqa: E402
 from tli.training.module import TLIModule, TrainConfig  # noqa: E402
 from tli.training.optim import OptimConfig  # noqa: E402
-
-DATA = {  # the data presets of conf/data/
-    "ko_en": DataConfig(train_file="bundled:ko_en/train.json", src_field="korean", tgt_field="english"),
-    "sw_en": DataConfig(train_file="bundled:sw_en/train.json", src_field="swahili", tgt_field="english"),
-}
 
 
 def make_batch(tok, sources: list[str], targets: list[str], template: str) -> dict:
@@ -107,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"gemma (= {bench.GEMMA}, default), tiny, or a model.name_or_path")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default="nf4", help="default nf4, as tli loads it")
     parser.add_argument("--ks", type=int, nargs="+", default=[3, 6, 12, 18], help="target layers (default 3 6 12 18)")
-    parser.add_argument("--data", choices=sorted(DATA), default="ko_en", help="bundled lexicon (default ko_en)")
+    parser.add_argument("--data", choices=bench.DATA_PRESETS, default="ko_en", help="bundled lexicon (default ko_en)")
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per step (default 16, data.batch_size)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant and k (default 2)")
     parser.add_argument("--repeat", type=int, default=9, help="timed steps per variant and k; median reported")
@@ -129,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [k for k in args.ks if not 1 <= k <= L]
     if bad:
         parser.error(f"--ks {bad} outside this model's blocks 1..{L}")
-    lexicon = load_lexicons(DATA[args.data], with_control=False).train
+    lexicon = load_lexicons(bench.data_preset(args.data), with_control=False).train
     if not 2 <= args.batch_size <= len(lexicon):
         parser.error(f"--batch-size {args.batch_size} outside 2..{len(lexicon)}")
     pairs = lexicon.pairs[: args.batch_size]

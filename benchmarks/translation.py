@@ -38,18 +38,11 @@ import warnings  # noqa: E402
 
 import _common as bench  # noqa: E402
 
-from tli.data.config import DataConfig, load_lexicons  # noqa: E402
+from tli.data.config import load_lexicons  # noqa: E402
 from tli.eval.lm_loss import heldout_sentences, lm_loss  # noqa: E402
 from tli.eval.translation import build_queries, evaluate_translation  # noqa: E402
 from tli.model.loading import QUANTIZATIONS, ModelSpec, load_model  # noqa: E402
 from tli.model.lora import LoraConfig, apply_lora  # noqa: E402
-
-DATA = {  # the data presets of conf/data/
-    "ko_en": DataConfig(train_file="bundled:ko_en/train.json", control_file="bundled:ko_en/control.json",
-                        src_field="korean", tgt_field="english", src_lang="Korean", tgt_lang="English"),
-    "sw_en": DataConfig(train_file="bundled:sw_en/train.json", control_file="bundled:sw_en/control.json",
-                        src_field="swahili", tgt_field="english", src_lang="Swahili", tgt_lang="English"),
-}
 
 
 def run_state(model, tok, queries, langs, args) -> dict:
@@ -69,7 +62,7 @@ def run_state(model, tok, queries, langs, args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gemma", help="gemma, tiny or any model.name_or_path (default: gemma)")
-    parser.add_argument("--data", choices=sorted(DATA), default="ko_en", help="bundled lexicons (default: ko_en)")
+    parser.add_argument("--data", choices=bench.DATA_PRESETS, default="ko_en", help="bundled lexicons (default: ko_en)")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, nargs="+", default=["nf4", "none"])
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=8)
@@ -89,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     wall = time.perf_counter()
 
-    lexicons = load_lexicons(DATA[args.data])
+    lexicons = load_lexicons(bench.data_preset(args.data))
     splits = {"train": lexicons.train, "control": lexicons.control}
     queries = build_queries(splits, k=args.shots, seed=0)
     langs = [lexicons.train.src_lang, lexicons.train.tgt_lang]
