@@ -8,16 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from tli.eval.lm_loss import (
-    aggregate_lm_loss,
-    compare_lm_loss,
-    heldout_sentences,
-    lm_loss,
-    lm_loss_aggregate_section,
-    lm_loss_section,
-    read_sentences,
-    sentence_nll,
-)
+from tli.eval.lm_loss import heldout_sentences, lm_loss, read_sentences, sentence_nll
+from tli.eval.lm_loss_stats import aggregate_lm_loss, compare_lm_loss
+from tli.eval.sections import lm_loss_aggregate_section, lm_loss_section
 from tli.model.loading import ModelSpec, load_model
 
 

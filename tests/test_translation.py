@@ -15,6 +15,7 @@ from transformers import GenerationConfig
 
 from tli.data.lexicon import Lexicon, Pair, read_lexicon
 from tli.errors import ConfigError
+from tli.eval.sections import translation_section
 from tli.eval.stats import bootstrap_ci
 from tli.eval.translation import (
     CSV_COLUMNS,
@@ -26,13 +27,7 @@ from tli.eval.translation import (
     generate_answers,
     normalize_answer,
 )
-from tli.eval.translation_report import (
-    aggregate_translation,
-    compare_changes,
-    mcnemar_exact,
-    summarize_translation,
-    translation_section,
-)
+from tli.eval.translation_stats import aggregate_translation, compare_changes, mcnemar_exact, summarize_translation
 from tli.model.loading import ModelSpec, load_model
 
 

@@ -1,5 +1,7 @@
-"""Before/after evaluation of an adapter: every split embedded at every layer with the adapter off and on (one base
-model), and per split and reported layer the statistics a reviewer asks for.
+"""Before/after evaluation of an adapter's embeddings: every split embedded at every layer with the adapter off and on
+(one base model; `tli.eval.vectors`), and per split and reported layer the statistics a reviewer asks for
+(`evaluate_run`), the figure's curves (`curves`), eval/pairs.csv (`pair_rows`), and the figures across runs
+(`aggregate`; `aggregate_all` adds translation and LM loss for summary["aggregate"]). Markdown: `tli.eval.sections`.
 
 For each variant of the vectors (raw; centred, each language's mean over the training words removed, fitted
 separately before and after) it reports every registered metric before and after, and paired tests on three
@@ -14,9 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tli.errors import ConfigError
-from tli.eval.metrics import HEADLINE, PAIR_SCORES, MetricsConfig, alignment, pair_scores
-from tli.eval.scan import SplitVectors, layer_cells
+from tli.eval.lm_loss_stats import aggregate_lm_loss
+from tli.eval.metrics import HEADLINE, PAIR_SCORES, MetricsConfig, alignment, mismatched_moments, pair_scores
+from tli.eval.pairs import pair_cosines
 from tli.eval.stats import aggregate_runs, difference_in_differences, paired_stats
+from tli.eval.tables import fmt_p
+from tli.eval.translation_stats import aggregate_translation
+from tli.eval.vectors import SplitVectors, layer_cells
 
 VARIANTS = ("raw", "centred")
 
@@ -62,6 +68,19 @@ def layer_scores(vectors: dict[str, SplitVectors], layers: list[int], options: M
     return out
 
 
+def curves(before: dict[str, SplitVectors], after: dict[str, SplitVectors]) -> dict:
+    """Mean pair cosine and mismatched baseline at every index, before and after, per split (for the figure)."""
+    out = {}
+    for split in before:
+        c = {"layers": before[split].layers}
+        for tag, v in (("before", before[split]), ("after", after[split])):
+            ps, pt = v.src[v.gold.src_index], v.tgt[v.gold.tgt_index]  # (P, n_layers, D)
+            c[f"cosine_{tag}"] = pair_cosines(ps, pt).mean(0).tolist()
+            c[f"baseline_{tag}"] = [mismatched_moments(ps[:, j], pt[:, j], v.gold)[0] for j in range(len(v.layers))]
+        out[split] = c
+    return out
+
+
 def evaluate_run(before: dict, after: dict, layers: list[int], n_boot: int, seed: int) -> dict:
     """From `layer_scores` before and after: split -> layer -> variant -> {before, after, paired}; and, with both
     splits, targeted -> layer -> variant -> score -> difference in differences (trained vs control gains)."""
@@ -97,7 +116,7 @@ def reading(run: dict, layer: int) -> list[str]:
         margin = raw["paired"]["margin"]
         text = (f"{split}, index {layer}: raw cosine {cos['mean_before']:.4f} -> {cos['mean_after']:.4f}; "
                 f"mismatched pairs moved by {shift:+.4f}; margin {margin['mean_before']:.4f} -> "
-                f"{margin['mean_after']:.4f} ({_p(margin['wilcoxon_p'])})")
+                f"{margin['mean_after']:.4f} ({fmt_p(margin['wilcoxon_p'])})")
         if cos["delta"] is not None and cos["delta"] > 0 and shift > cos["delta"] / 2:
             text += ": most of the raw gain is a global shift"
         elif cos["delta"] is not None and cos["delta"] < 0 < (margin["delta"] or 0):
@@ -109,7 +128,7 @@ def reading(run: dict, layer: int) -> list[str]:
         p1 = run["control"][layer][variant]
         lines.append(
             f"unseen (control) pairs, index {layer}, {variant} vectors: pool-matched MRR {rr['mean_before']:.4f} -> "
-            f"{rr['mean_after']:.4f} ({_p(rr['wilcoxon_p'])}); pool P@1 {p1['before']['pool_p_at_1']:.4f} -> "
+            f"{rr['mean_after']:.4f} ({fmt_p(rr['wilcoxon_p'])}); pool P@1 {p1['before']['pool_p_at_1']:.4f} -> "
             f"{p1['after']['pool_p_at_1']:.4f}: " + verdict(rr, variant))
     for variant, scores in run.get("targeted", {}).get(layer, {}).items():
         lines.append(f"trained vs control ({variant}, margin): {scores['margin']['reading']}")
@@ -126,10 +145,6 @@ def verdict(rr: dict, variant: str) -> str:
     if p < 0.05:
         return f"the adapter is worse than {null} on words it never saw"
     return f"no detectable gain over {null} on words it never saw"
-
-
-def _p(p) -> str:
-    return "p n/a" if p is None else ("p < 0.001" if p < 0.001 else f"p = {p:.3g}")
 
 
 def aggregate(runs: list[dict], layers: list[int]) -> dict:
@@ -152,3 +167,32 @@ def aggregate(runs: list[dict], layers: list[int]) -> dict:
                 flat = [{f"{s}_did": r["targeted"][layer][variant][s]["did"] for s in PAIR_SCORES} for r in runs]
                 out.setdefault("targeted", {}).setdefault(layer, {})[variant] = aggregate_runs(flat, list(flat[0]))
     return out
+
+
+def aggregate_all(runs: list[dict], layers: list[int]) -> dict:
+    """summary["aggregate"]: the embedding figures (`aggregate`), plus "translation" and "lm_loss" across runs where
+    they were computed."""
+    out = aggregate(runs, layers)
+    if all("translation" in r for r in runs):
+        out["translation"] = aggregate_translation([r["translation"] for r in runs])
+    if all("lm_loss" in r for r in runs):
+        out["lm_loss"] = aggregate_lm_loss([r["lm_loss"] for r in runs])
+    return out
+
+
+def pair_rows(run: str, splits: dict, before: dict, after: dict, layers: list[int]) -> list[dict]:
+    """eval/pairs.csv: one row per run, split, pair and layer, with each per-pair score before and after."""
+    rows = []
+    for split, lex in splits.items():
+        for layer in layers:
+            cols = {}
+            for variant in before:
+                prefix = "" if variant == "raw" else f"{variant}_"
+                for score, values in before[variant][split][layer]["pairs"].items():
+                    short = "cos" if score == "cosine" else score
+                    cols[f"{prefix}{short}_before"] = values.tolist()
+                    cols[f"{prefix}{short}_after"] = after[variant][split][layer]["pairs"][score].tolist()
+            for p, pair in enumerate(lex.pairs):
+                rows.append({"run": run, "split": split, "source": pair.source, "target": pair.target,
+                             "layer": layer, **{k: v[p] for k, v in cols.items()}})
+    return rows

@@ -8,18 +8,16 @@ bootstrap CI of the gold cosine and the BOS-norm diagnostic. The recommended lay
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-
-import torch
 
 from tli.console import track
 from tli.data.lexicon import Lexicon
 from tli.errors import ConfigError
-from tli.eval.metrics import METRICS, Centring, MetricsConfig, alignment, metric
-from tli.eval.pairs import GoldPairs
+from tli.eval.metrics import METRICS, MetricsConfig, alignment, metric
 from tli.eval.stats import bootstrap_ci
-from tli.model.embed import Probe, embed_words
+from tli.eval.vectors import embed_split, layer_cells
+from tli.model.embed import Probe
+from tli.model.modes import eval_mode
 
 
 @dataclass
@@ -42,56 +40,13 @@ class ScanConfig:
             raise ConfigError(f"scan.criterion_split={self.criterion_split!r} must be train or control")
 
 
-@dataclass
-class SplitVectors:
-    """One split's unique words embedded at the scanned indices."""
-
-    gold: GoldPairs
-    src: torch.Tensor  # (Ns, n_layers, D), L2-normalised
-    tgt: torch.Tensor  # (Nt, n_layers, D)
-    layers: list[int]  # hidden-state index of each layer slot
-    bos_norm_ratio: torch.Tensor  # (n_layers,)
-
-
-def embed_split(model, tokenizer, lexicon: Lexicon, probe: Probe, layers: list[int] | None,
-                batch_size: int) -> SplitVectors:
-    """Source and target words go through the model together: one forward pass per batch for all layers."""
-    if len(lexicon) == 0:
-        raise ConfigError(f"{lexicon.path}: the lexicon has no pairs to scan")
-    gold = GoldPairs.from_pairs(lexicon.sources, lexicon.targets)
-    emb = embed_words(model, tokenizer, gold.src_keys + gold.tgt_keys, probe, layers=layers, batch_size=batch_size,
-                      progress=f"embedding {lexicon.path.name}")
-    n = len(gold.src_keys)
-    return SplitVectors(gold, emb.vectors[:n], emb.vectors[n:], emb.layers, emb.bos_norm_ratio)
-
-
-def layer_cells(vectors: dict[str, SplitVectors], centre: bool, layers: list[int] | None = None) -> Iterator[tuple]:
-    """(variant, split, slot, layer, src (Ns, D), tgt (Nt, D)) for every vector variant (raw; centred on this model
-    state's training words, whichever split is scored), split and scanned (or listed) layer, one layer at a time:
-    memory holds the raw vectors only."""
-    centring = Centring.fit(vectors["train"].src, vectors["train"].tgt) if centre else None
-    for variant in ("raw", "centred") if centring else ("raw",):
-        for split, v in vectors.items():
-            for slot, layer in enumerate(v.layers):
-                if layers is not None and layer not in layers:
-                    continue
-                src, tgt = v.src[:, slot], v.tgt[:, slot]
-                if variant == "centred":
-                    src, tgt = centring.apply(src, "src", slot), centring.apply(tgt, "tgt", slot)
-                yield variant, split, slot, layer, src, tgt
-
-
 def run_scan(model, tokenizer, splits: dict[str, Lexicon], probe: Probe, options: ScanConfig,
              metrics: MetricsConfig, tag: str = "base") -> list[dict]:
     """Rows for every (split, vectors, layer): every registered metric, the cosine's bootstrap CI and the BOS-norm
     diagnostic. `model` may be a PeftModel (its active adapter is scanned)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         vectors = {s: embed_split(model, tokenizer, lex, probe, options.layers, options.batch_size)
                    for s, lex in splits.items()}
-    finally:
-        model.train(was_training)
     rows = []
     n_cells = (2 if metrics.centre else 1) * sum(len(v.layers) for v in vectors.values())
     for variant, split, slot, layer, src, tgt in track(layer_cells(vectors, metrics.centre), n_cells, "scoring"):

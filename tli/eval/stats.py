@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
+from tli.eval.tables import fmt_p
+
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 _BOOT_BATCH = 1 << 22  # resampled values held at once by scipy's bootstrap (bounds memory for large n)
 _BOOT_MAX = 50_000_000  # resampled values in all; beyond, the normal-theory interval (equal at such sizes)
@@ -109,10 +111,6 @@ def paired_stats(before: ArrayLike, after: ArrayLike, n_boot: int = 10000, seed:
     return out
 
 
-def _fmt_p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
-
-
 def difference_in_differences(
     train_before: ArrayLike,
     train_after: ArrayLike,
@@ -160,18 +158,18 @@ def difference_in_differences(
     elif p < alpha and did > 0:
         out["targeted"] = True
         out["reading"] = (
-            f"gain on trained pairs exceeds gain on control pairs by {did:.3g} ({ci}, Welch {_fmt_p(p)}): "
+            f"gain on trained pairs exceeds gain on control pairs by {did:.3g} ({ci}, Welch {fmt_p(p, 2)}): "
             "the effect is targeted"
         )
     elif p < alpha:
         out["reading"] = (
-            f"gain on trained pairs is below gain on control pairs by {-did:.3g} ({ci}, Welch {_fmt_p(p)}): "
+            f"gain on trained pairs is below gain on control pairs by {-did:.3g} ({ci}, Welch {fmt_p(p, 2)}): "
             "the change is not targeted at the trained pairs"
         )
     else:
         out["reading"] = (
             f"gain on trained pairs ({m_tr:+.3g}) is not distinguishable from the control gain ({m_c:+.3g}) "
-            f"(difference {did:+.3g}, {ci}, Welch {_fmt_p(p)}): the change looks like a global shift, "
+            f"(difference {did:+.3g}, {ci}, Welch {fmt_p(p, 2)}): the change looks like a global shift, "
             "not targeted alignment"
         )
     return out

@@ -1,13 +1,29 @@
-"""Tabular outputs shared by the reports: atomic CSV, Markdown and console tables."""
+"""Tabular outputs shared by the reports: atomic CSV, Markdown and console tables, and the one way numbers and
+p-values are written in them (`fmt_number`, `fmt_p`)."""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tli.io import atomic_write_text
+
+
+def fmt_number(x, digits: int = 4, sign: str = "") -> str:
+    """A figure for a report: `digits` decimals (scientific below 1e-3 in magnitude); "n/a" for None and NaN. `sign`
+    "+" writes the sign of positive numbers too."""
+    if x is None or x != x:
+        return "n/a"
+    return f"{x:{sign}.{digits}f}" if abs(x) >= 1e-3 or x == 0 else f"{x:{sign}.2e}"
+
+
+def fmt_p(p, digits: int = 3) -> str:
+    """A p-value, one style everywhere: "p < 0.001", else "p = " with `digits` significant digits; "p n/a" for None."""
+    if p is None:
+        return "p n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.{digits}g}"
 
 
 def _fmt(value) -> str:
@@ -33,10 +49,19 @@ def read_csv(path: str | Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def markdown_table(rows: Sequence[dict], columns: Sequence[str], headers: Sequence[str] | None = None) -> str:
+def markdown_table(rows: Sequence[Mapping | Sequence], columns: Sequence[str], headers: Sequence[str] | None = None,
+                   align: str | None = None) -> str:
+    """A Markdown table. A row is a dict (read by `columns`) or a sequence of cells in column order; strings are
+    written as they are, floats with 4 decimals, None as nothing. `align`: one letter per column, "l" or "r"
+    (default: all left, `---`)."""
     headers = list(headers or columns)
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    align = align or "l" * len(headers)
+    if len(align) != len(headers) or set(align) - {"l", "r"}:
+        raise ValueError(f"align={align!r} needs one of l, r per column ({len(headers)})")
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    for r in rows:
+        cells = [r.get(c) for c in columns] if isinstance(r, Mapping) else list(r)
+        lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     return "\n".join(lines)
 
 

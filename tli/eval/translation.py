@@ -35,6 +35,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from tli.data.lexicon import Lexicon, Pair
 from tli.errors import ConfigError
+from tli.model.modes import eval_mode
 
 DIRECTIONS = ("forward", "backward")  # forward: src_lang -> tgt_lang, backward: tgt_lang -> src_lang
 ENGLISH = {"english", "en", "eng"}
@@ -187,11 +188,9 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], *, batch_size: in
     eos = model.generation_config.eos_token_id
     config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, use_cache=True, num_beams=1,
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
-    was_training = model.training
-    model.eval()
     answers: list[str] = [""] * len(ids)
     device = next(model.parameters()).device
-    try:
+    with eval_mode(model):
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             batch_ids = [ids[i] for i in rows]
@@ -215,8 +214,6 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], *, batch_size: in
             texts = tokenizer.batch_decode(out[:, T:], skip_special_tokens=True)
             for i, text in zip(rows, texts, strict=True):
                 answers[i] = text.split("\n", 1)[0].strip()
-    finally:
-        model.train(was_training)
     return answers
 
 

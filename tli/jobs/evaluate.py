@@ -28,20 +28,7 @@ from pathlib import Path
 
 from tli.data.config import load_lexicons
 from tli.errors import AdapterError
-from tli.eval.evaluation import aggregate, evaluate_run, layer_scores
-from tli.eval.lm_loss import aggregate_lm_loss
-from tli.eval.metrics import mismatched_moments
-from tli.eval.pairs import pair_cosines
-from tli.eval.plots import plot_before_after, plot_scatter
-from tli.eval.report import write_report
-from tli.eval.scan import embed_split
-from tli.eval.tables import print_table, write_csv
-from tli.eval.translation import (
-    CSV_COLUMNS,
-)
-from tli.eval.translation_report import aggregate_translation
-from tli.io import atomic_write_json
-from tli.jobs.behaviour import (
+from tli.eval.behaviour import (
     behaviour,
     behaviour_lines,
     behaviour_metrics,
@@ -50,6 +37,15 @@ from tli.jobs.behaviour import (
     translation_queries,
     translation_settings,
 )
+from tli.eval.evaluation import aggregate_all, curves, evaluate_run, layer_scores, pair_rows
+from tli.eval.plots import plot_before_after, plot_scatter
+from tli.eval.report import write_report
+from tli.eval.tables import print_table, write_csv
+from tli.eval.translation import (
+    CSV_COLUMNS,
+)
+from tli.eval.vectors import embed_split
+from tli.io import atomic_write_json
 from tli.jobs.common import provenance, run_dir_lock
 from tli.jobs.tracking import init_wandb
 from tli.model.adapter import adapter_probe, check_base_model, check_quantization, read_sidecar
@@ -72,19 +68,6 @@ def check_lexicon_hashes(sidecar: dict, info: dict, adapter: str) -> None:
         if trained and now and trained["sha256"] != now["sha256"]:
             log.warning("%s lexicon %s (sha256 %s) differs from the one adapter %s was trained with: %s (sha256 %s)",
                         split, now["file"], now["sha256"][:12], adapter, trained["file"], trained["sha256"][:12])
-
-
-def curves(before: dict, after: dict) -> dict:
-    """Mean pair cosine and mismatched baseline at every index, before and after, per split (for the figure)."""
-    out = {}
-    for split in before:
-        c = {"layers": before[split].layers}
-        for tag, v in (("before", before[split]), ("after", after[split])):
-            ps, pt = v.src[v.gold.src_index], v.tgt[v.gold.tgt_index]  # (P, n_layers, D)
-            c[f"cosine_{tag}"] = pair_cosines(ps, pt).mean(0).tolist()
-            c[f"baseline_{tag}"] = [mismatched_moments(ps[:, j], pt[:, j], v.gold)[0] for j in range(len(v.layers))]
-        out[split] = c
-    return out
 
 
 def evaluate_job(cfg) -> dict:
@@ -184,35 +167,6 @@ def _evaluate(cfg) -> dict:
         _log_wandb(cfg, summary, out, translation_rows)
     print(f"wrote {out}")
     return summary
-
-
-def aggregate_all(runs: list[dict], layers: list[int]) -> dict:
-    """summary["aggregate"]: the embedding figures (`tli.eval.evaluation.aggregate`), plus "translation" and
-    "lm_loss" across runs where they were computed."""
-    out = aggregate(runs, layers)
-    if all("translation" in r for r in runs):
-        out["translation"] = aggregate_translation([r["translation"] for r in runs])
-    if all("lm_loss" in r for r in runs):
-        out["lm_loss"] = aggregate_lm_loss([r["lm_loss"] for r in runs])
-    return out
-
-
-def pair_rows(run: str, splits: dict, before: dict, after: dict, layers: list[int]) -> list[dict]:
-    """eval/pairs.csv: one row per run, split, pair and layer, with each per-pair score before and after."""
-    rows = []
-    for split, lex in splits.items():
-        for layer in layers:
-            cols = {}
-            for variant in before:
-                prefix = "" if variant == "raw" else f"{variant}_"
-                for score, values in before[variant][split][layer]["pairs"].items():
-                    short = "cos" if score == "cosine" else score
-                    cols[f"{prefix}{short}_before"] = values.tolist()
-                    cols[f"{prefix}{short}_after"] = after[variant][split][layer]["pairs"][score].tolist()
-            for p, pair in enumerate(lex.pairs):
-                rows.append({"run": run, "split": split, "source": pair.source, "target": pair.target,
-                             "layer": layer, **{k: v[p] for k, v in cols.items()}})
-    return rows
 
 
 def _log_wandb(cfg, summary: dict, out: Path, translation_rows: list[dict]) -> None:

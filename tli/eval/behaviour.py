@@ -1,16 +1,18 @@
-"""The behavioural half of an evaluation: few-shot word translation and the held-out LM loss ("do no harm") of one
-model state, compared before and after an adapter; the settings, console lines and W&B values they report."""
+"""The behavioural half of an evaluation: few-shot word translation (`tli.eval.translation`, compared in
+`tli.eval.translation_stats`) and the held-out LM loss ("do no harm": `tli.eval.lm_loss`, `tli.eval.lm_loss_stats`)
+of one model state, compared before and after an adapter; the settings, console lines and W&B values they report."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
-from pathlib import Path
 
 from tli.errors import ConfigError, DataError
 from tli.eval.evaluation import EvalConfig
-from tli.eval.lm_loss import bundled_heldout, compare_lm_loss, lm_loss, read_sentences
+from tli.eval.lm_loss import heldout_file, lm_loss, read_sentences
+from tli.eval.lm_loss_stats import compare_lm_loss
+from tli.eval.tables import fmt_p
 from tli.eval.translation import (
     DIRECTIONS,
     Query,
@@ -19,7 +21,7 @@ from tli.eval.translation import (
     direction_label,
     evaluate_translation,
 )
-from tli.eval.translation_report import summarize_translation
+from tli.eval.translation_stats import summarize_translation
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +39,13 @@ def translation_queries(opts: EvalConfig, splits: dict, seed: int) -> list[Query
 
 
 def heldout_samples(opts: EvalConfig, src_lang: str, tgt_lang: str) -> dict[str, dict]:
-    """language -> {"file", "sentences"} for both languages of the pair (`eval.lm_loss`): the file given as
-    `eval.heldout_src` / `eval.heldout_tgt`, else the bundled sample of `data.src_lang` / `data.tgt_lang`."""
+    """language -> {"file", "sha256", "sentences"} for both languages of the pair (`eval.lm_loss`): the file given
+    as `eval.heldout_src` / `eval.heldout_tgt`, else the bundled sample of `data.src_lang` / `data.tgt_lang`."""
     out = {}
     for side, lang in (("src", src_lang), ("tgt", tgt_lang)):
         given = getattr(opts, f"heldout_{side}")
-        path = Path(given).expanduser() if given else bundled_heldout(lang)
-        if path is None:
-            raise DataError(f"no bundled held-out sentences for data.{side}_lang={lang!r} (bundled: English, Korean, "
-                            f"Swahili): give eval.heldout_{side}=PATH (UTF-8, one sentence per line) or set "
-                            "eval.lm_loss=false")
-        if not path.is_file():
-            raise DataError(f"eval.heldout_{side}={given!r}: no such file (UTF-8 text, one sentence per line)")
+        path = heldout_file(lang, given, lang_name=f"data.{side}_lang", path_name=f"eval.heldout_{side}",
+                            instead=f"give it as eval.heldout_{side}=PATH, or set eval.lm_loss=false")
         try:
             out[lang] = {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                          "sentences": read_sentences(path)}
@@ -93,7 +90,7 @@ def behaviour_lines(run: dict) -> list[str]:
             lines.append(f"translation, {split}, {direction}: {st['correct_before']}/{st['n']} -> "
                          f"{st['correct_after']}/{st['n']} correct ({st['accuracy_before']:.3f} -> "
                          f"{st['accuracy_after']:.3f}; {st['mcnemar_b']} lost, {st['mcnemar_c']} gained, "
-                         f"McNemar p = {st['mcnemar_p']:.3g})")
+                         f"McNemar {fmt_p(st['mcnemar_p'])})")
     for direction, c in run.get("translation", {}).get("targeted", {}).items():
         lines.append(f"translation, trained vs control, {direction}: {c['reading']}")
     for lang, c in run.get("lm_loss", {}).items():

@@ -1,11 +1,11 @@
-"""Statistics and the Markdown report section for few-shot translation before/after an adapter.
+"""Few-shot translation compared: statistics of one adapter before/after, and their aggregate across runs.
 
 Input: the rows of `tli.eval.translation.before_after_rows` (one per word, split and direction, with boolean
 `correct_before` / `correct_after`). Per split and direction: accuracy before and after with percentile bootstrap
 CIs, the paired bootstrap CI of the change (words resampled jointly, so before, after and change share one set of
 resamples), and the exact McNemar test: a two-sided binomial test (p = 0.5) of c = wrong->right among the b + c
 discordant words (p = 1 when there are none). The trained-vs-control comparison bootstraps each split independently.
-All results are JSON-friendly dicts.
+All results are JSON-friendly dicts. The report section: `tli.eval.sections`.
 """
 
 from __future__ import annotations
@@ -117,68 +117,3 @@ def aggregate_translation(summaries: Sequence[dict]) -> dict[str, Any]:
         out["targeted"] = {d: aggregate_runs([s["targeted"][d] for s in summaries], ("difference",))
                            for d in directions}
     return out
-
-
-def _acc(s: dict, name: str) -> str:
-    low, high = s[f"{name}_ci_low"], s[f"{name}_ci_high"]
-    sign = "+" if name == "change" else ""
-    ci = "" if low is None else f" [{low:{sign}.3f}, {high:{sign}.3f}]"
-    return "n/a" if s[name] is None else f"{s[name]:{sign}.3f}{ci}"
-
-
-def _words(flips: list[dict], max_words: int) -> str:
-    shown = ", ".join(f"{f['source']} ({f['prediction_before'] or '∅'} → {f['prediction_after'] or '∅'})"
-                      for f in flips[:max_words])
-    rest = len(flips) - max_words
-    return shown + (f", and {rest} more" if rest > 0 else "") if flips else "none"
-
-
-def translation_section(summary: dict, *, aggregate: dict | None = None, max_words: int = 20,
-                        header: str = "## Few-shot word translation") -> str:
-    """Markdown for eval/report.md: accuracy table, trained-vs-control readings, flipped words (and, with
-    `aggregate`, mean ± sd across runs)."""
-    lines = [header, "",
-             "Exact match after normalisation (Unicode NFC, case, surrounding punctuation and spaces, a leading "
-             "English \"the\", \"a\", \"an\" or \"to\"); any listed translation counts. Brackets: 95% percentile "
-             "bootstrap CIs (the change: paired). McNemar: exact binomial test on the discordant words "
-             "(b right → wrong, c wrong → right).", "",
-             "| split | direction | n | accuracy before | accuracy after | change | b | c | McNemar p |",
-             "|---|---|---:|---|---|---|---:|---:|---:|"]
-    cells = [(split, d, s) for split, by in summary.items() if split != "targeted" for d, s in by.items()]
-    for split, d, s in cells:
-        lines.append(f"| {split} | {d} | {s['n']} | {_acc(s, 'accuracy_before')} | {_acc(s, 'accuracy_after')} | "
-                     f"{_acc(s, 'change')} | {s['mcnemar_b']} | {s['mcnemar_c']} | {s['mcnemar_p']:.3g} |")
-    if summary.get("targeted"):
-        lines += ["", "Trained vs control words (difference of accuracy changes, splits resampled independently):", ""]
-        lines += [f"- {d}: {c['reading']}" for d, c in summary["targeted"].items()]
-    lines += ["", "Words that flipped (prediction before → after):", ""]
-    for split, d, s in cells:
-        lines.append(f"- {split}, {d}, right → wrong ({len(s['right_to_wrong'])}): "
-                     f"{_words(s['right_to_wrong'], max_words)}")
-        lines.append(f"- {split}, {d}, wrong → right ({len(s['wrong_to_right'])}): "
-                     f"{_words(s['wrong_to_right'], max_words)}")
-    if aggregate:
-        lines += ["", aggregate_section(aggregate, header="Across runs (mean ± sd, ddof = 1):")]
-    return "\n".join(lines) + "\n"
-
-
-def aggregate_section(aggregate: dict, header: str = "### Few-shot word translation across runs (mean ± sd, ddof = 1)"
-                      ) -> str:
-    """Markdown from `aggregate_translation`: accuracies and changes per split and direction, mean ± sd over runs."""
-    lines = [header, "", "| split | direction | runs | accuracy before | accuracy after | change |",
-             "|---|---|---:|---|---|---|"]
-    for split, by in aggregate.items():
-        if split == "targeted":
-            continue
-        for d, a in by.items():
-            cols = " | ".join(_mean_sd(a[k]) for k in AGGREGATED)
-            lines.append(f"| {split} | {d} | {a['accuracy_after']['n']} | {cols} |")
-    for d, a in (aggregate.get("targeted") or {}).items():
-        lines.append(f"\nTrained minus control change, {d}: {_mean_sd(a['difference'])}")
-    return "\n".join(lines) + "\n"
-
-
-def _mean_sd(a: dict) -> str:
-    if a["mean"] is None:
-        return "n/a"
-    return f"{a['mean']:.3f}" + ("" if a["std"] is None else f" ± {a['std']:.3f}")

@@ -1,0 +1,60 @@
+"""Do no harm, compared: the held-out loss of one adapter before and after (`compare_lm_loss`) and across runs
+(`aggregate_lm_loss`), from the results of `tli.eval.lm_loss.lm_loss`.
+
+A rise is flagged (`compare_lm_loss`) when the mean NLL grows by more than `threshold` (default 2%, relative) AND
+the per-sentence NLLs rose consistently: one-sided Wilcoxon signed-rank test (after > before), p < `alpha` (0.05).
+The first condition ignores harmless drift, the second a change carried by one or two sentences.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import wilcoxon
+
+from tli.eval.stats import aggregate_runs
+
+AGGREGATED = ("nll_before", "nll_after", "change", "relative_change")
+
+
+def compare_lm_loss(before: Mapping[str, Any], after: Mapping[str, Any], *, threshold: float = 0.02,
+                    alpha: float = 0.05) -> dict[str, Any]:
+    """Change of the held-out loss (after - before) and the `rise` flag (rule in the module docstring)."""
+    if before["sentence_tokens"] != after["sentence_tokens"]:
+        raise ValueError("before and after scored different tokens: same sentences and tokenizer are required")
+    b, a = np.asarray(before["sentence_nll"]), np.asarray(after["sentence_nll"])  # (N,), (N,)
+    change = after["nll"] - before["nll"]
+    relative = change / before["nll"] if before["nll"] > 0 else (math.inf if change > 0 else 0.0)
+    if np.all(a == b) or b.size < 2:
+        p = 1.0
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # scipy's note on ties / small samples
+            p = float(wilcoxon(a, b, alternative="greater").pvalue)
+    rise = bool(relative > threshold and p < alpha)
+    verdict = "RISE: the adapter made held-out text less likely" if rise else "no material rise"
+    reading = (f"NLL {before['nll']:.3f} -> {after['nll']:.3f} nats/token ({100 * relative:+.1f}%), perplexity "
+               f"{before['perplexity']:.3g} -> {after['perplexity']:.3g}, Wilcoxon p (rise) = {p:.3g}: {verdict} "
+               f"(flagged when > {100 * threshold:g}% and p < {alpha:g})")
+    return {"n_sentences": before["n_sentences"], "n_tokens": before["n_tokens"], "nll_before": before["nll"],
+            "nll_after": after["nll"], "change": change, "relative_change": float(relative),
+            "perplexity_before": before["perplexity"], "perplexity_after": after["perplexity"], "wilcoxon_p": p,
+            "threshold": threshold, "alpha": alpha, "rise": rise, "reading": reading}
+
+
+def aggregate_lm_loss(runs: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Across runs (seeds), from one {language: compare_lm_loss result} per run: {language: {nll_before | nll_after |
+    change | relative_change: {mean, std (ddof=1), n}, "rises": number of runs flagged}}, for the languages every
+    run has."""
+    if not runs:
+        return {}
+    out: dict[str, Any] = {}
+    for lang in runs[0]:
+        if all(lang in r for r in runs):
+            out[lang] = {**aggregate_runs([r[lang] for r in runs], AGGREGATED),
+                         "rises": sum(bool(r[lang]["rise"]) for r in runs)}
+    return out

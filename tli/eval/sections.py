@@ -1,0 +1,172 @@
+"""The Markdown sections of eval/report.md, one pair per concern: `<concern>_section` (one run) and
+`<concern>_aggregate_section` (across runs), for the embeddings (from `tli.eval.evaluation`), few-shot translation
+(`tli.eval.translation_stats`) and the held-out LM loss (`tli.eval.lm_loss_stats`). Each returns text ending in a
+newline; `tli.eval.report` stitches them. Numbers and p-values are written by `tli.eval.tables`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tli.eval.metrics import PAIR_SCORES
+from tli.eval.tables import fmt_number as _f
+from tli.eval.tables import fmt_p, markdown_table
+from tli.eval.translation_stats import AGGREGATED as TRANSLATION_AGGREGATED
+
+
+def _cells(run: dict):
+    """(split, layer, variant, statistics) for every split, reported layer and vector variant of one run."""
+    for split in ("train", "control"):
+        for layer, per_variant in run.get(split, {}).items():
+            for variant, stats in per_variant.items():
+                yield split, layer, variant, stats
+
+
+def _ci(low, high) -> str:
+    return f"{_f(low)} to {_f(high)}"
+
+
+def embedding_section(run: dict) -> str:
+    """The embedding tables of one run: the paper's cosine table, baseline and retrieval, paired tests on per-pair
+    scores, trained vs control, and the plain-language reading."""
+    cosine = [[split, layer, r["n"], _f(r["mean_before"]), _f(r["mean_after"]), _f(r["delta"]), _f(r["delta_pct"], 2),
+               _f(r["t"], 2), fmt_p(r["p"]), fmt_p(r["wilcoxon_p"]), _f(r["cohen_dz"], 2),
+               _ci(r["delta_ci_low"], r["delta_ci_high"])]
+              for split, layer, variant, st in _cells(run) if variant == "raw" for r in [st["paired"]["cosine"]]]
+    baseline = []
+    for split, layer, variant, st in _cells(run):
+        b, a = st["before"], st["after"]
+
+        def ba(key, b=b, a=a):
+            return f"{_f(b[key])} -> {_f(a[key])}"
+
+        baseline.append([split, layer, variant, ba("baseline_cosine"), ba("margin"), ba("margin_z"),
+                         f"{ba('p_at_1')} ({a['retrieval_pool']})", ba("pool_p_at_1"), ba("mrr"), ba("csls_p_at_1")])
+    paired = [[split, layer, variant, score, _f(r["mean_before"]), _f(r["mean_after"]), _f(r["delta"]),
+               _ci(r["delta_ci_low"], r["delta_ci_high"]), fmt_p(r["wilcoxon_p"])]
+              for split, layer, variant, st in _cells(run) for score in PAIR_SCORES for r in [st["paired"][score]]]
+    lines = ["### Mean cosine of translation pairs (the paper's table; raw vectors)", "",
+             markdown_table(cosine, ["split", "layer", "n", "before", "after", "delta", "delta %", "t", "p (paired t)",
+                                     "p (Wilcoxon)", "Cohen's d_z", "95% CI of delta"]),
+             "", "### Against the mismatched-pair baseline, and retrieval (before -> after)", "",
+             markdown_table(baseline, ["split", "layer", "vectors", "baseline", "margin", "margin_z",
+                                       "P@1 (candidates)", "pool P@1", "MRR", "CSLS P@1"]),
+             "", "### Paired tests on per-pair scores", "",
+             "`margin`: the pair's cosine minus its source's mean cosine to mismatched targets; `pool_mrr`: the "
+             "translation's reciprocal rank among it and random mismatched words of the split (pool-matched).", "",
+             markdown_table(paired, ["split", "layer", "vectors", "score", "before", "after", "delta", "95% CI",
+                                     "p (Wilcoxon)"])]
+    if run.get("targeted"):
+        targeted = [[layer, variant, score, _f(d["train_delta"]), _f(d["control_delta"]), _f(d["did"]),
+                     _ci(d["did_ci_low"], d["did_ci_high"]), fmt_p(d["p"])]
+                    for layer, per_variant in run["targeted"].items() for variant, per_score in per_variant.items()
+                    for score, d in per_score.items()]
+        lines += ["", "### Trained vs control pairs (difference in differences of the per-pair gains)", "",
+                  markdown_table(targeted, ["layer", "vectors", "score", "train gain", "control gain", "difference",
+                                            "95% CI", "p (Welch)"])]
+    lines += ["", "### Reading", ""]
+    lines += [f"- {line}." for per_layer in run["reading"].values() for line in per_layer]
+    return "\n".join(lines) + "\n"
+
+
+def embedding_aggregate_section(aggregate: dict, behaviour: tuple[str, ...] = (),
+                                header: str = "## Across runs (mean ± standard deviation)") -> str:
+    """The embedding figures across runs (`tli.eval.evaluation.aggregate`); keys in `behaviour` are skipped."""
+    rows = [[split, layer, variant, key, _f(v["mean"]), _f(v["std"]), v["n"]]
+            for split, per_layer in aggregate.items() if split not in behaviour
+            for layer, per_variant in per_layer.items() for variant, stats in per_variant.items()
+            for key, v in stats.items()]
+    table = markdown_table(rows, ["split", "layer", "vectors", "statistic", "mean", "std", "runs"])
+    return f"{header}\n\n{table}\n"
+
+
+def _acc(s: dict, name: str) -> str:
+    low, high = s[f"{name}_ci_low"], s[f"{name}_ci_high"]
+    sign = "+" if name == "change" else ""
+    ci = "" if low is None else f" [{low:{sign}.3f}, {high:{sign}.3f}]"
+    return "n/a" if s[name] is None else f"{s[name]:{sign}.3f}{ci}"
+
+
+def _words(flips: list[dict], max_words: int) -> str:
+    shown = ", ".join(f"{f['source']} ({f['prediction_before'] or '∅'} → {f['prediction_after'] or '∅'})"
+                      for f in flips[:max_words])
+    rest = len(flips) - max_words
+    return shown + (f", and {rest} more" if rest > 0 else "") if flips else "none"
+
+
+def translation_section(summary: dict, *, aggregate: dict | None = None, max_words: int = 20,
+                        header: str = "## Few-shot word translation") -> str:
+    """From `summarize_translation`: accuracy table, trained-vs-control readings, flipped words (and, with
+    `aggregate`, mean ± sd across runs)."""
+    cells = [(split, d, s) for split, by in summary.items() if split != "targeted" for d, s in by.items()]
+    table = [[split, d, s["n"], _acc(s, "accuracy_before"), _acc(s, "accuracy_after"), _acc(s, "change"),
+              s["mcnemar_b"], s["mcnemar_c"], fmt_p(s["mcnemar_p"])] for split, d, s in cells]
+    lines = [header, "",
+             "Exact match after normalisation (Unicode NFC, case, surrounding punctuation and spaces, a leading "
+             "English \"the\", \"a\", \"an\" or \"to\"); any listed translation counts. Brackets: 95% percentile "
+             "bootstrap CIs (the change: paired). McNemar: exact binomial test on the discordant words "
+             "(b right → wrong, c wrong → right).", "",
+             markdown_table(table, ["split", "direction", "n", "accuracy before", "accuracy after", "change", "b",
+                                    "c", "McNemar p"], align="llrlllrrr")]
+    if summary.get("targeted"):
+        lines += ["", "Trained vs control words (difference of accuracy changes, splits resampled independently):", ""]
+        lines += [f"- {d}: {c['reading']}" for d, c in summary["targeted"].items()]
+    lines += ["", "Words that flipped (prediction before → after):", ""]
+    for split, d, s in cells:
+        lines.append(f"- {split}, {d}, right → wrong ({len(s['right_to_wrong'])}): "
+                     f"{_words(s['right_to_wrong'], max_words)}")
+        lines.append(f"- {split}, {d}, wrong → right ({len(s['wrong_to_right'])}): "
+                     f"{_words(s['wrong_to_right'], max_words)}")
+    if aggregate:
+        lines += ["", translation_aggregate_section(aggregate, header="Across runs (mean ± sd, ddof = 1):")]
+    return "\n".join(lines) + "\n"
+
+
+def _mean_sd(a: dict) -> str:
+    if a["mean"] is None:
+        return "n/a"
+    return f"{a['mean']:.3f}" + ("" if a["std"] is None else f" ± {a['std']:.3f}")
+
+
+def translation_aggregate_section(
+        aggregate: dict, header: str = "### Few-shot word translation across runs (mean ± sd, ddof = 1)") -> str:
+    """From `aggregate_translation`: accuracies and changes per split and direction, mean ± sd over runs."""
+    rows = [[split, d, a["accuracy_after"]["n"], *(_mean_sd(a[k]) for k in TRANSLATION_AGGREGATED)]
+            for split, by in aggregate.items() if split != "targeted" for d, a in by.items()]
+    lines = [header, "", markdown_table(rows, ["split", "direction", "runs", "accuracy before", "accuracy after",
+                                               "change"], align="llrlll")]
+    for d, a in (aggregate.get("targeted") or {}).items():
+        lines.append(f"\nTrained minus control change, {d}: {_mean_sd(a['difference'])}")
+    return "\n".join(lines) + "\n"
+
+
+def lm_loss_section(comparisons: Mapping[str, Mapping[str, Any]], header: str = "## Do no harm: held-out text") -> str:
+    """From {language: compare_lm_loss result}: the loss before and after per language, and a warning on a rise."""
+    rows = [[lang, c["n_sentences"], c["n_tokens"], f"{c['nll_before']:.3f}", f"{c['nll_after']:.3f}",
+             f"{100 * c['relative_change']:+.1f}%", f"{c['perplexity_before']:.3g} → {c['perplexity_after']:.3g}",
+             fmt_p(c["wilcoxon_p"]), "**rise**" if c["rise"] else "ok"] for lang, c in comparisons.items()]
+    lines = [header, "",
+             "Mean negative log-likelihood per token (nats) of short held-out sentences, before and after the "
+             "adapter. A rise is flagged when it exceeds the threshold and the per-sentence NLLs rose consistently "
+             "(one-sided Wilcoxon signed-rank test).", "",
+             markdown_table(rows, ["language", "sentences", "tokens", "NLL before", "NLL after", "change",
+                                   "perplexity", "Wilcoxon p", "flag"], align="lrrrrrlrl")]
+    risen = [lang for lang, c in comparisons.items() if c["rise"]]
+    if risen:
+        lines += ["", f"**Warning:** the language-modelling loss rose in {', '.join(risen)}: the adapter harms "
+                      "ordinary text in that language."]
+    return "\n".join(lines) + "\n"
+
+
+def lm_loss_aggregate_section(aggregate: Mapping[str, Mapping[str, Any]],
+                              header: str = "### Do no harm, across runs (mean ± sd, ddof = 1)") -> str:
+    """From `aggregate_lm_loss`: the loss before and after and its relative change per language, mean ± sd."""
+    def cell(a: Mapping[str, Any], scale: float = 1.0, sign: str = "", digits: int = 3, unit: str = "") -> str:
+        sd = "" if a["std"] is None else f" ± {scale * a['std']:.{digits}f}{unit}"
+        return f"{scale * a['mean']:{sign}.{digits}f}{unit}{sd}"
+
+    rows = [[lang, a["nll_after"]["n"], cell(a["nll_before"]), cell(a["nll_after"]),
+             cell(a["relative_change"], 100, "+", 1, "%"), a["rises"]] for lang, a in aggregate.items()]
+    table = markdown_table(rows, ["language", "runs", "NLL before", "NLL after", "change", "runs flagged"],
+                           align="lrrrrr")
+    return f"{header}\n\n{table}\n"
