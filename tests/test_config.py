@@ -4,10 +4,9 @@ out-of-range values fail before any weights load; entry points print a tli error
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import compose, compose_raw
+from helpers import ROOT, compose, compose_raw
 from hydra.errors import ConfigCompositionException
 
 from tli.config import ModelConfig, TLIConfig
@@ -18,7 +17,6 @@ from tli.model.embed import Probe
 from tli.model.loading import ModelSpec
 from tli.training.losses import LOSSES, ContrastiveLoss, build_loss
 
-ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
 

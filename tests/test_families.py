@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CrashAt, SimulatedCrash
+from helpers import FAST_CPU, CrashAt, SimulatedCrash, compose
 from safetensors.torch import load_file
 from torch import nn
 
@@ -449,13 +449,9 @@ def test_gemma3_ddp_two_processes_match_one_process(family_dirs, small_lexicons,
     """`python train.py trainer=ddp` with 2 gloo processes x 4 pairs and loss.gather=true equals 1 process x 8 pairs
     (the same job in this process) on the tiny Gemma 3: the loss of each of 3 steps, the adapter, and the validation
     metrics after them (every process scores the whole validation set)."""
-    from conftest import compose
-
     settings = [f"model.name_or_path={family_dirs('gemma3')}", "model.target_layer=3",
                 f"data.train_file={small_lexicons[0]}", f"data.control_file={small_lexicons[1]}",
-                "trainer.accelerator=cpu", "trainer.num_sanity_val_steps=0", "trainer.max_epochs=1",
-                "trainer.limit_train_batches=3", "trainer.log_every_n_steps=1", "logger=csv",
-                "callbacks.rich_progress_bar=false", "callbacks.progress_bar=false", "lora.r=4", "lora.dropout=0",
+                FAST_CPU, "trainer.limit_train_batches=3", "logger=csv", "lora.r=4", "lora.dropout=0",
                 "loss.gather=true", "optim.lr=5e-3", "optim.warmup_steps=0", "optim.scheduler=constant"]
     single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
     train_job(compose("train", [*settings, f"paths.output_dir={single_dir}", "data.batch_size=8"]))

@@ -76,28 +76,50 @@ class LoggerConfig:
             raise ConfigError(f"logger.offline={self.offline!r} must be auto, true or false")
 
 
+ALL_JOBS = ("train", "scan", "evaluate")
+
+
+def _section(default=MISSING, factory=None, jobs: tuple[str, ...] = ALL_JOBS):
+    """A schema field that records which entry points read it (`read_by`)."""
+    meta = {"jobs": jobs}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+
 @dataclass
 class TLIConfig:
-    seed: int = 0
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = MISSING  # from a data preset (conf/data/)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = _section(0)
+    model: ModelConfig = _section(factory=ModelConfig)
+    data: DataConfig = _section(MISSING)  # from a data preset (conf/data/)
+    metrics: MetricsConfig = _section(factory=MetricsConfig)
+    paths: PathsConfig = _section(factory=PathsConfig)
+    logger: LoggerConfig = _section(factory=LoggerConfig)
     # train.py
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    loss: dict[str, Any] = field(default_factory=lambda: {"name": "infonce"})  # checked by tli.training.losses
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    trainer: dict[str, Any] = field(default_factory=dict)  # any Lightning Trainer argument
-    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
-    ckpt_path: str | None = None  # a checkpoint file, or `last`
-    evaluate: bool = False  # train.py: evaluate the finished run into <run dir>/eval/ (the adapter/ it kept)
+    lora: LoraConfig = _section(factory=LoraConfig, jobs=("train",))
+    loss: dict[str, Any] = _section(factory=lambda: {"name": "infonce"}, jobs=("train",))  # tli.training.losses
+    optim: OptimConfig = _section(factory=OptimConfig, jobs=("train",))
+    train: TrainConfig = _section(factory=TrainConfig, jobs=("train",))
+    objective: ObjectiveConfig = _section(factory=ObjectiveConfig, jobs=("train",))
+    trainer: dict[str, Any] = _section(factory=dict, jobs=("train",))  # any Lightning Trainer argument
+    callbacks: CallbacksConfig = _section(factory=CallbacksConfig, jobs=("train",))
+    ckpt_path: str | None = _section(None, jobs=("train",))  # a checkpoint file, or `last`
+    evaluate: bool = _section(False, jobs=("train",))  # evaluate the finished run into <run dir>/eval/
     # scan.py and evaluate.py
-    adapter: Any = None  # an adapter directory written by train.py, or a list of them (evaluate: several seeds)
-    scan: ScanConfig = field(default_factory=ScanConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    adapter: Any = _section(None, jobs=("scan", "evaluate"))  # an adapter directory, or a list (evaluate)
+    scan: ScanConfig = _section(factory=ScanConfig, jobs=("scan",))
+    eval: EvalConfig = _section(factory=EvalConfig, jobs=("evaluate",))
+
+
+def read_by(job: str) -> set[str]:
+    """The top-level config keys entry point `job` (train, scan, evaluate) reads."""
+    return {f.name for f in fields(TLIConfig) if job in f.metadata["jobs"]}
+
+
+def overrides_for(job: str, overrides: list[str]) -> list[str]:
+    """The command-line overrides of another run that entry point `job` reads: keys of the sections it reads, and
+    experiment presets (they compose with every entry point); not paths, logger or adapter (they belong to a run),
+    nor Hydra's own keys or groups only another entry point has (multiseed, hparams_search, debug)."""
+    kept = read_by(job) - {"paths", "logger", "adapter"} | {"experiment"}
+    return [o for o in overrides if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in kept]
 
 
 def register() -> None:

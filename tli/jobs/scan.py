@@ -16,7 +16,7 @@ from tli.eval.tables import print_table, write_csv
 from tli.io import atomic_write_json
 from tli.jobs.common import provenance, run_dir_lock
 from tli.jobs.tracking import init_wandb
-from tli.model.adapter import adapter_probe, check_base_model, check_quantization, load_adapter, read_sidecar
+from tli.model.adapter import attach, open_adapters
 from tli.model.loading import check_layers, load_config, load_model, num_layers
 
 log = logging.getLogger(__name__)
@@ -45,19 +45,17 @@ def _scan(cfg) -> dict:
         raise ConfigError(f"scan.criterion_split={options.criterion_split!r} is not a scanned split; choose one "
                           f"of {', '.join(splits)}")
     adapter = cfg.adapter
-    if adapter:
-        sidecar = read_sidecar(adapter)
-        check_base_model(sidecar, spec, adapter)
-        check_quantization(sidecar, spec, adapter)
-        probe = adapter_probe([sidecar], [str(adapter)], probe)
+    if adapter:  # read and checked once, before any weights load
+        opened = open_adapters([str(adapter)], spec, probe)
+        probe = opened.probe
     model, tokenizer = load_model(spec)
     rows = run_scan(model, tokenizer, splits, probe, options, cfg.metrics, tag="base")
     summary = {"base": recommend(rows, options, "base")}
     if adapter:
-        model, sidecar = load_adapter(model, adapter, spec)
+        model = attach(model, adapter)
         rows += run_scan(model, tokenizer, splits, probe, options, cfg.metrics, tag="adapted")
         summary["adapted"] = recommend(rows, options, "adapted")
-        summary["adapter"] = {"path": str(adapter), **sidecar}
+        summary["adapter"] = {"path": str(adapter), **opened.cards[0].to_dict()}
     summary["settings"] = {**provenance(cfg, lexicons), "pooling": probe.pooling, "template": probe.template,
                            "layers": sorted({r["layer"] for r in rows}), "scan": asdict(options)}
     write_csv(rows, out / "layers.csv", CSV_COLUMNS)

@@ -36,12 +36,14 @@ class TrainConfig:
 
 class TLIModule(L.LightningModule):
     def __init__(self, model: ModelSpec, probe: Probe, lora: LoraConfig, loss: ContrastiveLoss, optim: OptimConfig,
-                 options: TrainConfig | None = None, metrics: MetricsConfig | None = None):
+                 options: TrainConfig | None = None, metrics: MetricsConfig | None = None,
+                 hparams: dict | None = None):
         super().__init__()
         self.spec, self.probe, self.lora_spec, self.optim_cfg = model, probe, lora, optim
         self.options, self.metric_options = options or TrainConfig(), metrics or MetricsConfig()
         # Plain containers only: checkpoints load with weights_only=True; the backbone is never a hyperparameter.
-        self.save_hyperparameters({"model": asdict(model), "probe": asdict(probe), "lora": asdict(lora),
+        # The training job passes its run settings (derived from the adapter card); alone, the module records its own.
+        self.save_hyperparameters(hparams or {"model": asdict(model), "probe": asdict(probe), "lora": asdict(lora),
                                    "loss": dict(getattr(loss, "settings", {})), "optim": asdict(optim),
                                    "train": asdict(self.options), "metrics": asdict(self.metric_options)})
         self.k = probe.target_layer
