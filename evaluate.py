@@ -17,4 +17,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from tli.jobs.common import check_output_dir_args, exit_if_jobs_failed
+
+    check_output_dir_args()
     main()
+    exit_if_jobs_failed()

@@ -13,8 +13,13 @@ def main(cfg: DictConfig) -> float:
     from tli.jobs.common import run_entry
     from tli.jobs.scan import scan_job
 
-    return run_entry(scan_job, cfg)["base"]["recommended_value"]
+    result = run_entry(scan_job, cfg)
+    return result["base"]["recommended_value"] if "base" in result else None  # None: a failed job of a sweep
 
 
 if __name__ == "__main__":
+    from tli.jobs.common import check_output_dir_args, exit_if_jobs_failed
+
+    check_output_dir_args()
     main()
+    exit_if_jobs_failed()

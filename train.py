@@ -17,8 +17,12 @@ def main(cfg: DictConfig) -> float | None:
         from hydra.core.hydra_config import HydraConfig
 
         cfg.logger.group = HydraConfig.get().sweep.dir.replace("/", "_")  # one W&B group per sweep
-    return run_entry(train_job, cfg)["objective"]
+    return run_entry(train_job, cfg)["objective"]  # None for a failed job of a sweep (Optuna records it as failed)
 
 
 if __name__ == "__main__":
+    from tli.jobs.common import check_output_dir_args, exit_if_jobs_failed
+
+    check_output_dir_args()
     main()
+    exit_if_jobs_failed()

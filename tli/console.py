@@ -16,7 +16,10 @@ _NOISE = ("💡 Tip:", "TPU available", "HPU available", "IPU available", "`Trai
 _WARNINGS = (r".*is_gradient_checkpointing.*", r".*isinstance\(treespec, LeafSpec\).*",
              r".*torch\.jit\.script_method.*", r".*`torch_dtype` is deprecated.*",
              r".*The '.*_dataloader' does not have many workers.*", r".*does not have many workers.*",
-             r".*Found \d+ module\(s\) in eval mode.*")
+             r".*Found \d+ module\(s\) in eval mode.*",
+             r"`past_key_values` is deprecated.*")  # transformers' own generate() passes it (translation eval)
+# Log lines of dependencies that say nothing a tli user can act on: logger -> message prefixes dropped.
+_DEPENDENCY_NOISE = {"kernels._internals.hf_hub": ("Skipping publisher trust check",)}  # bitsandbytes, offline
 
 
 def interactive() -> bool:
@@ -34,9 +37,13 @@ def track(iterable: Iterable, total: int, description: str, min_total: int = 8) 
 
 
 class _DropNoise(logging.Filter):
+    def __init__(self, noise=_NOISE):
+        super().__init__()
+        self.noise = noise
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not any(noise in message for noise in _NOISE)
+        return not any(noise in message for noise in self.noise)
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -64,6 +71,10 @@ def quiet_dependencies() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise())
+    for name, noise in _DEPENDENCY_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise(noise))
     for pattern in _WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # offline kernel-hub noise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from tli.errors import RunDirError
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
@@ -77,13 +80,49 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
+def check_cache_dir(cache_dir: str | os.PathLike, needs_writing: bool = False) -> Path:
+    """The model cache (`paths.cache_dir`, from `TLI_CACHE_DIR`), checked before anything is read from it or built
+    into it: a ConfigError naming it when it is a file, or when something must be written and it cannot be. A
+    read-only cache that already holds what a run needs is fine (nothing is written to it)."""
+    from tli.errors import ConfigError
+
+    path = Path(cache_dir).expanduser()
+    where = f"the model cache {path} (paths.cache_dir, set by TLI_CACHE_DIR)"
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"{where} is not a directory ({existing} is a file): set TLI_CACHE_DIR to a directory")
+    if needs_writing and existing is not None and not writable_dir(existing):
+        raise ConfigError(f"{where} is read-only and does not hold this model yet: set TLI_CACHE_DIR to a writable "
+                          "directory, or build the model into it once where it is writable")
+    return path
+
+
+def writable_dir(path: str | os.PathLike) -> bool:
+    """Whether files can be created in `path` (tried, not guessed from the mode bits: root ignores them, a read-only
+    mount does not)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=".tli-write-check-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
+
+
+_read_only_indexes: set[str] = set()
+
+
 def file_sha256(path: Path, index: Path) -> str:
-    """SHA-256 of a file, memoised in `index` (JSON) by (resolved path, size, mtime_ns); a changed file is rehashed."""
+    """SHA-256 of a file, memoised in `index` (JSON) by (resolved path, size, mtime_ns); a changed file is rehashed.
+    Where `index` cannot be written (a read-only shared cache) the hash is computed in memory each time (said once).
+    The index follows the umask, like any other output."""
     path, stat = path.resolve(), path.stat()
     stamp = [stat.st_size, stat.st_mtime_ns]
     try:
         entries = json.loads(index.read_text())
     except (OSError, ValueError):
+        entries = {}
+    if not isinstance(entries, dict):
         entries = {}
     if entries.get(str(path), {}).get("stamp") == stamp:
         return entries[str(path)]["sha256"]
@@ -93,8 +132,19 @@ def file_sha256(path: Path, index: Path) -> str:
             digest.update(block)
     entries[str(path)] = {"stamp": stamp, "sha256": digest.hexdigest()}
     # Atomic replace: a concurrent writer may drop another's entry (it is rehashed later) but never corrupts the file.
-    index.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=index.parent, prefix=".index-", delete=False) as tmp:
-        json.dump(entries, tmp, indent=1)
-    os.replace(tmp.name, index)
+    tmp = None
+    try:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=index.parent, prefix=".index-", delete=False) as f:
+            tmp = f.name
+            json.dump(entries, f, indent=1)
+        os.chmod(tmp, 0o666 & ~current_umask())  # NamedTemporaryFile makes it 0600
+        os.replace(tmp, index)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if str(index) not in _read_only_indexes:
+            _read_only_indexes.add(str(index))
+            log.info("%s cannot be written (%s): SHA-256 hashes are computed in memory, not memoised", index,
+                     err.strerror or err)
     return digest.hexdigest()

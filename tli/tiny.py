@@ -22,7 +22,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from tli.io import share_like_files
+from tli.io import check_cache_dir, share_like_files
 
 TINY_VERSION = 1  # bump when the architecture or the recipe below changes: it renames the cache entry
 BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
@@ -129,10 +129,11 @@ def write_tiny_model(out_dir: str | os.PathLike) -> Path:
 
 def ensure_tiny_model(cache_dir: str | os.PathLike) -> Path:
     """Path of the cached tiny model, building it on first use (atomically: concurrent jobs are safe)."""
-    cache_dir = Path(cache_dir).expanduser()
+    cache_dir = check_cache_dir(cache_dir)
     target = cache_dir / f"tiny-llama-{recipe_hash()}"
     if (target / "TLI_TINY.json").is_file():
-        return target
+        return target  # read only: a read-only shared cache that holds it is fine
+    check_cache_dir(cache_dir, needs_writing=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = share_like_files(tempfile.mkdtemp(dir=cache_dir, prefix=".building-"))
     try:

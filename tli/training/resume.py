@@ -1,5 +1,6 @@
 """Stopping and resuming: which checkpoint `ckpt_path` means, checked before any weights load; the settings a run
-was started with, refused when a resume changes them; and Ctrl-C that stops at a step boundary with a checkpoint."""
+was started with, refused when a resume changes them; and Ctrl-C or SIGTERM that stop at a step boundary with a
+checkpoint."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from tli.errors import CheckpointError, ConfigError
+from tli.errors import CheckpointError, ConfigError, TrainingError
 from tli.io import remove_stale_temp_files
 
 log = logging.getLogger(__name__)
@@ -118,12 +119,18 @@ def check_resume_settings(ckpt: dict, path: str, settings: dict, allow: bool) ->
 
 
 class GracefulStop(Callback):
-    """Ctrl-C (SIGINT): finish the current training step, write last.ckpt and stop; a second Ctrl-C aborts at once.
-    `stopped` tells the job that the run did not finish. (SIGTERM and SIGUSR2 are left to the cluster launcher,
-    which requeues the job: ckpt_path=last then resumes from the last periodic checkpoint.)"""
+    """Ctrl-C (SIGINT) or SIGTERM (`kill`, a scheduler's stop): finish the current training step, write last.ckpt and
+    stop; the job then ends with one line saying how to resume (`error()`: exit status 2 after Ctrl-C, 143 = 128 +
+    SIGTERM after SIGTERM). A second Ctrl-C aborts at once. `stopped` tells the job that the run did not finish.
+
+    SIGTERM is caught by Lightning's own handler (trainer.received_sigterm), which then ends `fit` with a
+    SIGTERMException (a SystemExit with status 0). Under SLURM with Lightning's auto-requeue (SLURMEnvironment) that
+    path is kept as it is: Lightning's requeue signal handler has saved an hpc checkpoint and requeued the job, and the
+    process exits as Lightning makes it; this callback only adds last.ckpt at the step boundary, so that the requeued
+    job (`ckpt_path=last`) resumes from the step where it stopped."""
 
     def __init__(self, ckpt_dir: Path):
-        self.ckpt_dir, self.stopped, self._previous = ckpt_dir, None, {}
+        self.ckpt_dir, self.stopped, self.saved_step, self.requeue, self._previous = ckpt_dir, None, None, False, {}
 
     def _request(self, signum, frame):
         if self.stopped is not None:  # the second time: stop now
@@ -134,13 +141,41 @@ class GracefulStop(Callback):
                     "without one)", self.stopped)
 
     def on_train_start(self, trainer, pl_module) -> None:
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        env = getattr(trainer.strategy, "cluster_environment", None)
+        self.requeue = isinstance(env, SLURMEnvironment) and env.auto_requeue
         if threading.current_thread() is threading.main_thread():
             self._previous = {signal.SIGINT: signal.signal(signal.SIGINT, self._request)}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.stopped is not None and not trainer.should_stop:
+        if self.stopped is None and trainer.received_sigterm:
+            self.stopped = "SIGTERM"
+            log.warning("SIGTERM: stopping after the current step and writing a checkpoint")
+        if self.stopped is not None and self.saved_step is None:
             trainer.save_checkpoint(self.ckpt_dir / "last.ckpt")
+            self.saved_step = trainer.global_step
             trainer.should_stop = True
+
+    def sigterm_exit(self) -> None:
+        """`fit` ended with Lightning's SIGTERMException: re-raised under SLURM auto-requeue (Lightning's behaviour),
+        otherwise recorded so that the job ends like after Ctrl-C."""
+        self.stopped = self.stopped or "SIGTERM"
+        if self.requeue:
+            log.warning("SIGTERM under SLURM: %s; the requeued job resumes with ckpt_path=last",
+                        f"checkpoint written at step {self.saved_step}" if self.saved_step is not None else
+                        "the newest checkpoint holds the run")
+            raise
+
+    def error(self, step: int, out: Path) -> TrainingError:
+        """The one-line error that ends a stopped run: where the run is kept and the command that resumes it."""
+        held = (f"{self.ckpt_dir / 'last.ckpt'} holds the run" if self.saved_step is not None else
+                f"the newest checkpoint in {self.ckpt_dir} holds the run (if any)")
+        err = TrainingError(f"stopped by {self.stopped} at step {step}: {held}; resume with: python train.py "
+                            f"ckpt_path=last hydra.run.dir={out} (and the same settings)")
+        err.exit_status = 143 if self.stopped == "SIGTERM" else 2  # 128 + SIGTERM, as a process killed by it
+        err.interrupted = True  # a sweep stops too
+        return err
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         for s, handler in self._previous.items():
