@@ -9,7 +9,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 import pytest  # noqa: E402
-from lightning.pytorch.callbacks import Callback  # noqa: E402
+from helpers import compose, fast_cpu, job_overrides  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -33,9 +33,6 @@ def tiny_nf4(tiny_spec):
     from tli.model.loading import load_model
 
     return load_model(tiny_spec, device="cpu")
-
-
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -67,58 +64,38 @@ def small_lexicons(tmp_path_factory):
     return tuple(files)
 
 
-# The entry configs default to Gemma 3 270M and Korean-English; tests run on the tiny model and Swahili-English files
-# unless they say otherwise (subprocess runs of the entry points pass `model=tiny data=sw_en` themselves).
-TEST_DEFAULTS = ("model=tiny", "data=sw_en")
-
-
-def compose_raw(config_name: str, overrides: list[str]):
-    """Compose a real entry config (conf/<config_name>.yaml) with overrides: the DictConfig Hydra would pass."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from tli.config import register
-
-    register()
-    pinned = [o for o in TEST_DEFAULTS if not any(x.startswith(o.split("=")[0] + "=") for x in overrides)]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=[*pinned, *overrides])
-
-
-def compose(config_name: str, overrides: list[str]):
-    """Compose a real entry config with overrides into the typed config a job takes (`tli.config.TLIConfig`)."""
-    from tli.config import to_typed
-
-    return to_typed(compose_raw(config_name, overrides))
-
-
 @pytest.fixture
 def train_cfg(tmp_path, tiny_dir, small_lexicons):
-    """Compose conf/train.yaml for a fast CPU run on the tiny model and small lexicons, outputs in tmp_path."""
+    """Compose conf/train.yaml for a fast CPU run (debug=test) on the tiny model and small lexicons, outputs in
+    tmp_path (or `out`)."""
 
-    def make(*overrides: str, out=None) -> dict:
-        base = [
-            f"paths.output_dir={out or tmp_path}", f"model.name_or_path={tiny_dir}",
-            f"data.train_file={small_lexicons[0]}", f"data.control_file={small_lexicons[1]}",
-            "data.batch_size=8", "data.val_fraction=0.25", "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0",
-            "trainer.log_every_n_steps=1", "trainer.accelerator=cpu", "callbacks.rich_progress_bar=false",
-            "callbacks.progress_bar=false", "logger=none", "optim.warmup_steps=2", "lora.r=4",
-        ]
-        return compose("train", base + list(overrides))
+    def make(*overrides: str, out=None):
+        base = [*job_overrides(out or tmp_path, tiny_dir, small_lexicons), "data.batch_size=8",
+                "data.val_fraction=0.25", "optim.warmup_steps=2", "lora.r=4"]
+        return compose("train", fast_cpu([*base, *overrides]))
 
     return make
 
 
-class SimulatedCrash(Exception):
-    pass
+@pytest.fixture
+def eval_cfg(tmp_path, tiny_dir, small_lexicons):
+    """Compose conf/evaluate.yaml on the tiny model and small lexicons (500 bootstrap resamples), outputs in tmp_path
+    (or `out`); name the adapter(s) with `adapter=...`."""
+
+    def make(*overrides: str, out=None):
+        return compose("evaluate", [*job_overrides(out or tmp_path, tiny_dir, small_lexicons), "eval.n_boot=500",
+                                    *overrides])
+
+    return make
 
 
-class CrashAt(Callback):
-    """Simulates a crash at the start of step `step` (after the previous step's checkpoint was written)."""
+@pytest.fixture
+def scan_cfg(tmp_path, tiny_dir, small_lexicons):
+    """Compose conf/scan.yaml on the tiny model and small lexicons (100 bootstrap resamples), outputs in tmp_path
+    (or `out`)."""
 
-    def __init__(self, step: int):
-        self.step = step
+    def make(*overrides: str, out=None):
+        return compose("scan", [*job_overrides(out or tmp_path, tiny_dir, small_lexicons), "scan.n_boot=100",
+                                *overrides])
 
-    def on_train_batch_start(self, trainer, *args):
-        if trainer.global_step >= self.step:
-            raise SimulatedCrash
+    return make

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import dup_ids
 
 import tli.data.datamodule
 from tli.data.config import AuditConfig, DataConfig
@@ -18,12 +19,6 @@ from tli.data.sampling import ResumableLoader, UniqueBatchSampler
 from tli.errors import ConfigError, DataError
 
 # ---- UniqueBatchSampler -----------------------------------------------------------------------------------------
-
-
-def dup_ids(n=120, n_src=15, n_tgt=20, seed=1):
-    """Ids with many duplicates: ~8 pairs per source string, ~6 per target string."""
-    rng = random.Random(seed)
-    return [rng.randrange(n_src) for _ in range(n)], [rng.randrange(n_tgt) for _ in range(n)]
 
 
 def check_plan(batches, src_ids, tgt_ids, batch_size):

@@ -4,7 +4,6 @@ gathered across processes with gradients, and training that matches one process 
 import csv
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import compose
+from helpers import FAST_CPU, ROOT, compose, dup_ids
 from safetensors.torch import load_file
 
 import tli.jobs.train
@@ -23,15 +22,7 @@ from tli.errors import ConfigError
 from tli.jobs.train import check_distributed
 from tli.training.losses import InfoNCE, gather_with_grad
 
-ROOT = Path(__file__).resolve().parents[1]
-
 # ---- the sampler: per-process slices of global batches ---------------------------------------------------------
-
-
-def dup_ids(n=120, n_src=15, n_tgt=20, seed=1):
-    """Ids with many duplicates, so conflicts make batches short and plans uneven."""
-    rng = random.Random(seed)
-    return [rng.randrange(n_src) for _ in range(n)], [rng.randrange(n_tgt) for _ in range(n)]
 
 
 @pytest.mark.parametrize("world,batch_size", [(2, 4), (2, 3), (3, 2)])
@@ -197,9 +188,7 @@ def test_ddp_inside_a_multirun_is_refused_and_gather_off_warns(monkeypatch, capl
 def _train(run_dir, tiny_dir, small_lexicons, *overrides):
     cmd = [sys.executable, str(ROOT / "train.py"), "model=tiny", "data=sw_en", f"model.name_or_path={tiny_dir}",
            f"data.train_file={small_lexicons[0]}", f"data.control_file={small_lexicons[1]}", f"hydra.run.dir={run_dir}",
-           "trainer.accelerator=cpu", "trainer.num_sanity_val_steps=0", "trainer.max_epochs=1",
-           "trainer.log_every_n_steps=1", "logger=csv", "callbacks.rich_progress_bar=false",
-           "callbacks.progress_bar=false", "lora.r=4", "lora.dropout=0", "loss.gather=true", "optim.lr=5e-3",
+           FAST_CPU, "logger=csv", "lora.r=4", "lora.dropout=0", "loss.gather=true", "optim.lr=5e-3",
            "optim.warmup_steps=0", "optim.scheduler=constant", *overrides]
     res = subprocess.run(cmd, cwd=run_dir.parent, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
                          text=True, timeout=300)

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import compose
+from helpers import FAST_CPU, compose, job_overrides
 from scipy import stats
 
 from tli.errors import AdapterError, ConfigError, DataError
@@ -14,9 +14,7 @@ from tli.jobs.evaluate import evaluate_job
 from tli.jobs.scan import scan_job
 from tli.jobs.train import train_job
 
-FAST = ["data.batch_size=8", "data.val_fraction=0.25", "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0",
-        "trainer.accelerator=cpu", "callbacks.rich_progress_bar=false", "callbacks.progress_bar=false",
-        "logger=none", "optim.warmup_steps=1", "optim.lr=5e-3", "lora.r=4"]
+FAST = [FAST_CPU, "data.batch_size=8", "data.val_fraction=0.25", "optim.warmup_steps=1", "optim.lr=5e-3", "lora.r=4"]
 
 
 @pytest.fixture(scope="module")
@@ -25,22 +23,14 @@ def trained(tmp_path_factory, tiny_dir, small_lexicons):
     runs = []
     for seed in (0, 1):
         out = tmp_path_factory.mktemp(f"train{seed}")
-        cfg = compose("train", [f"paths.output_dir={out}", f"model.name_or_path={tiny_dir}",
-                                f"data.train_file={small_lexicons[0]}", f"data.control_file={small_lexicons[1]}",
-                                f"seed={seed}", *FAST])
+        cfg = compose("train", [*job_overrides(out, tiny_dir, small_lexicons), f"seed={seed}", *FAST])
         train_job(cfg)
         runs.append(out / "adapter")
     return runs
 
 
-def eval_cfg(tmp_path, tiny_dir, small_lexicons, *overrides):
-    return compose("evaluate", [f"paths.output_dir={tmp_path}", f"model.name_or_path={tiny_dir}",
-                                f"data.train_file={small_lexicons[0]}", f"data.control_file={small_lexicons[1]}",
-                                "eval.n_boot=500", *overrides])
-
-
-def test_statistics_equal_scipy_on_the_written_pairs(trained, tmp_path, tiny_dir, small_lexicons):
-    summary = evaluate_job(eval_cfg(tmp_path, tiny_dir, small_lexicons, f"adapter={trained[0]}"))
+def test_statistics_equal_scipy_on_the_written_pairs(trained, eval_cfg, tmp_path):
+    summary = evaluate_job(eval_cfg(f"adapter={trained[0]}"))
     rows = list(csv.DictReader((tmp_path / "eval" / "pairs.csv").open(encoding="utf-8")))
     assert {r["layer"] for r in rows} == {"2", "32"}  # the adapter's target layer and the last index by default
     for split in ("train", "control"):
@@ -74,11 +64,9 @@ def test_statistics_equal_scipy_on_the_written_pairs(trained, tmp_path, tiny_dir
         assert (tmp_path / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_before_values_equal_the_base_scan(trained, tmp_path, tiny_dir, small_lexicons):
-    evaluate_job(eval_cfg(tmp_path / "e", tiny_dir, small_lexicons, f"adapter={trained[0]}"))
-    scan_job(compose("scan", [f"paths.output_dir={tmp_path / 's'}", f"model.name_or_path={tiny_dir}",
-                              f"data.train_file={small_lexicons[0]}", f"data.control_file={small_lexicons[1]}",
-                              "scan.layers=[2,32]", "scan.n_boot=100"]))
+def test_before_values_equal_the_base_scan(trained, eval_cfg, scan_cfg, tmp_path):
+    evaluate_job(eval_cfg(f"adapter={trained[0]}", out=tmp_path / "e"))
+    scan_job(scan_cfg("scan.layers=[2,32]", out=tmp_path / "s"))
     pairs = list(csv.DictReader((tmp_path / "e" / "eval" / "pairs.csv").open(encoding="utf-8")))
     scan = list(csv.DictReader((tmp_path / "s" / "scan" / "layers.csv").open(encoding="utf-8")))
     summary = json.loads((tmp_path / "e" / "eval" / "summary.json").read_text())
@@ -105,38 +93,38 @@ def test_base_weights_load_once_for_several_runs(two_runs):
     assert "Across runs" in (out / "eval" / "report.md").read_text()
 
 
-def test_bad_input(trained, tmp_path, tiny_dir, small_lexicons, caplog):
+def test_bad_input(trained, eval_cfg, tmp_path, small_lexicons, caplog):
     with pytest.raises(AdapterError, match="adapter='/nope/adapter': no such directory"):
-        evaluate_job(eval_cfg(tmp_path, tiny_dir, small_lexicons, "adapter=/nope/adapter"))
+        evaluate_job(eval_cfg("adapter=/nope/adapter"))
     with pytest.raises(AdapterError, match="adapter is required"):
-        evaluate_job(eval_cfg(tmp_path, tiny_dir, small_lexicons))
+        evaluate_job(eval_cfg())
     foreign = tmp_path / "foreign"
     shutil.copytree(trained[0], foreign)
     sidecar = json.loads((foreign / "tli_adapter.json").read_text())
     # Other weights (another fingerprint) are refused even under the same name ...
     (foreign / "tli_adapter.json").write_text(json.dumps({**sidecar, "base_fingerprint": "0" * 16}))
     with pytest.raises(AdapterError, match=r"trained on other base weights \(fingerprint 0{16}.*model.name_or_path="):
-        evaluate_job(eval_cfg(tmp_path, tiny_dir, small_lexicons, f"adapter={foreign}"))
+        evaluate_job(eval_cfg(f"adapter={foreign}"))
     # ... and without a fingerprint, another name is refused.
     unprinted = {k: v for k, v in sidecar.items() if k != "base_fingerprint"}
     (foreign / "tli_adapter.json").write_text(json.dumps({**unprinted, "base_model": "someone/other-model"}))
     with pytest.raises(AdapterError, match=r"trained on base model 'someone/other-model'.*model.name_or_path="):
-        evaluate_job(eval_cfg(tmp_path, tiny_dir, small_lexicons, f"adapter={foreign}"))
+        evaluate_job(eval_cfg(f"adapter={foreign}"))
     with pytest.raises(ConfigError, match=r"eval.layers=\[2, 40\] is outside this model's range 0..32"):
-        evaluate_job(eval_cfg(tmp_path, tiny_dir, small_lexicons, f"adapter={trained[0]}", "eval.layers=[2,40]"))
+        evaluate_job(eval_cfg(f"adapter={trained[0]}", "eval.layers=[2,40]"))
     # Different lexicon files: a warning naming both hashes, and the evaluation still runs.
     other = tmp_path / "other_train.json"
     pairs = json.loads(small_lexicons[0].read_text(encoding="utf-8"))[:30]
     other.write_text(json.dumps(pairs, ensure_ascii=False), encoding="utf-8")
     with caplog.at_level(logging.WARNING, logger="tli.jobs.evaluate"):
-        evaluate_job(eval_cfg(tmp_path, tiny_dir, small_lexicons, f"adapter={trained[0]}", f"data.train_file={other}",
+        evaluate_job(eval_cfg(f"adapter={trained[0]}", f"data.train_file={other}",
                               "eval.layers=[32]"))
     trained_hash = sidecar["lexicons"]["train"]["sha256"][:12]
     assert any(trained_hash in r.message and "differs" in r.message for r in caplog.records)
 
 
-def test_wandb_offline_gets_the_report(trained, tmp_path, tiny_dir, small_lexicons):
-    evaluate_job(eval_cfg(tmp_path, tiny_dir, small_lexicons, f"adapter={trained[0]}", "logger=wandb",
+def test_wandb_offline_gets_the_report(trained, eval_cfg, tmp_path):
+    evaluate_job(eval_cfg(f"adapter={trained[0]}", "logger=wandb",
                           "logger.offline=true", "eval.layers=[32]", "eval.translation=true"))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
@@ -151,23 +139,20 @@ def test_wandb_offline_gets_the_report(trained, tmp_path, tiny_dir, small_lexico
     assert b"eval/translation/train/Swahili->English/accuracy_after" in log and b"eval/lm_loss/English/nll_after" in log
 
 
-def test_validation_scores_equal_the_scan_on_the_same_pairs(trained, tmp_path, tiny_dir, small_lexicons):
+def test_validation_scores_equal_the_scan_on_the_same_pairs(trained, scan_cfg, train_cfg, tmp_path):
     """One metric function everywhere: the last validation of a run and a scan of its adapter on the validation
     pairs agree on every headline metric (raw vectors; centring statistics differ by design: training words)."""
     from tli.data.config import load_lexicons
     from tli.data.datamodule import split_validation
     from tli.eval.metrics import HEADLINE
 
-    train_cfg = compose("train", [f"paths.output_dir={tmp_path}", f"model.name_or_path={tiny_dir}",
-                                  f"data.train_file={small_lexicons[0]}", f"data.control_file={small_lexicons[1]}",
-                                  *FAST])
-    _, val = split_validation(load_lexicons(train_cfg.data).train, train_cfg.data.val_fraction, seed=0)
+    data = train_cfg().data  # the same data settings as `trained`
+    _, val = split_validation(load_lexicons(data).train, data.val_fraction, seed=0)
     val_file = tmp_path / "val.json"
     val_file.write_text(json.dumps([{"swahili": p.source, "english": p.target} for p in val], ensure_ascii=False),
                         encoding="utf-8")
-    scan_job(compose("scan", [f"paths.output_dir={tmp_path}", f"model.name_or_path={tiny_dir}",
-                              f"data.train_file={val_file}", "data.control_file=null", f"adapter={trained[0]}",
-                              "scan.layers=[2,32]", "scan.n_boot=100"]))
+    scan_job(scan_cfg(f"data.train_file={val_file}", "data.control_file=null", f"adapter={trained[0]}",
+                      "scan.layers=[2,32]"))
     logged = json.loads((trained[0].parent / "metrics.json").read_text())["metrics"]
     rows = list(csv.DictReader((tmp_path / "scan" / "layers.csv").open(encoding="utf-8")))
     for layer in (2, 32):
@@ -201,8 +186,8 @@ def two_runs(trained, tmp_path_factory, tiny_dir, small_lexicons):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(counting))
-        summary = evaluate_job(eval_cfg(out, tiny_dir, small_lexicons, f"adapter=[{trained[0]},{trained[1]}]",
-                                        "eval.translation=true"))
+        summary = evaluate_job(compose("evaluate", [*job_overrides(out, tiny_dir, small_lexicons), "eval.n_boot=500",
+                                                    f"adapter=[{trained[0]},{trained[1]}]", "eval.translation=true"]))
     return summary, read_rows(out / "eval" / "translation.csv"), out, calls
 
 
@@ -265,7 +250,7 @@ def two_run_queries(small_lexicons):
                                                                        strict=True)}, k=5, seed=0)
 
 
-def test_translation_csv_summary_and_report_agree(two_runs, trained, tmp_path, tiny_dir, small_lexicons):
+def test_translation_csv_summary_and_report_agree(two_runs, trained, eval_cfg, tmp_path, small_lexicons):
     from tli.eval.translation import CSV_COLUMNS, normalize_answer
 
     _, first, _, _ = two_runs
@@ -281,7 +266,7 @@ def test_translation_csv_summary_and_report_agree(two_runs, trained, tmp_path, t
     train.write_text(json.dumps(pairs, ensure_ascii=False), encoding="utf-8")
     own = tmp_path / "en.txt"
     own.write_text("The river is wide.\nWe eat rice at noon.\nMy sister reads a book.\n", encoding="utf-8")
-    summary = evaluate_job(eval_cfg(tmp_path, tiny_dir, small_lexicons, f"adapter={trained[1]}",
+    summary = evaluate_job(eval_cfg(f"adapter={trained[1]}",
                                     f"data.train_file={train}", "eval.translation=true", "eval.layers=[32]",
                                     f"eval.heldout_tgt={own}"))
     rows = read_rows(tmp_path / "eval" / "translation.csv")
@@ -323,15 +308,14 @@ def test_translation_csv_summary_and_report_agree(two_runs, trained, tmp_path, t
         render(summary).split("## run")[0]
 
 
-def test_bad_behaviour_settings_fail_before_any_weights_load(trained, tmp_path, tiny_dir, small_lexicons,
-                                                             monkeypatch):
+def test_bad_behaviour_settings_fail_before_any_weights_load(trained, eval_cfg, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     calls = []
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(lambda cls, *a, **k: calls.append(a)))
 
     def run(*overrides):
-        evaluate_job(eval_cfg(tmp_path, tiny_dir, small_lexicons, f"adapter={trained[0]}", *overrides))
+        evaluate_job(eval_cfg(f"adapter={trained[0]}", *overrides))
 
     for key, value, allowed in (("shots", 0, ">= 1"), ("max_new_tokens", -1, ">= 1"),
                                 ("generation_batch_size", 0, ">= 1")):

@@ -11,18 +11,16 @@ import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import FAST_CPU, ROOT, CrashAt, SimulatedCrash, compose, job_overrides
 from safetensors.torch import load_file
-from test_train import CrashAt, SimulatedCrash
 
 import tli.training.checkpoints
 from tli.errors import CheckpointError, ConfigError, RunDirError
 from tli.jobs.train import train_job
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["trainer.max_steps=6", "trainer.max_epochs=-1", "callbacks.every_n_train_steps=1"]
 
 
@@ -39,14 +37,9 @@ def no_weights(monkeypatch):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_dir, small_lexicons):
     """A short finished run with a checkpoint every step (read-only use)."""
-    from conftest import compose
-
     out = tmp_path_factory.mktemp("finished")
-    cfg = compose("train", [f"paths.output_dir={out}", f"model.name_or_path={tiny_dir}",
-                            f"data.train_file={small_lexicons[0]}", f"data.control_file={small_lexicons[1]}",
-                            "data.batch_size=8", "data.val_fraction=0.25", "trainer.num_sanity_val_steps=0",
-                            "trainer.accelerator=cpu", "callbacks.rich_progress_bar=false",
-                            "callbacks.progress_bar=false", "logger=none", "lora.r=4", *STEPS])
+    cfg = compose("train", [FAST_CPU, *job_overrides(out, tiny_dir, small_lexicons), "data.batch_size=8",
+                            "data.val_fraction=0.25", "lora.r=4", *STEPS])
     train_job(cfg)
     return out
 
@@ -162,9 +155,8 @@ def test_ctrl_c_stops_at_a_step_with_a_checkpoint_and_resumes(tmp_path, tiny_dir
     def cli(run_dir, *extra):
         return [sys.executable, str(ROOT / "train.py"), "model=tiny", "data=sw_en", f"model.name_or_path={tiny_dir}",
                 f"data.train_file={small_lexicons[0]}", f"data.control_file={small_lexicons[1]}", "data.batch_size=8",
-                "trainer.num_sanity_val_steps=0", "callbacks.rich_progress_bar=false", "callbacks.progress_bar=false",
-                "trainer.accelerator=cpu", "lora.r=4", "lora.dropout=0.1", "trainer.max_steps=30",
-                "trainer.max_epochs=-1", "callbacks.every_n_train_steps=5", "logger=none",
+                FAST_CPU, "lora.r=4", "lora.dropout=0.1", "trainer.max_steps=30", "trainer.max_epochs=-1",
+                "callbacks.every_n_train_steps=5",
                 f"hydra.run.dir={run_dir}", *extra]
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -12,13 +12,11 @@ from pathlib import Path
 import gguf
 import pytest
 import torch
+from helpers import ROOT
 
 import tli.model.gguf as tg
 from tli.errors import ModelError
 from tli.model.loading import disable_cpu_weight_repacking
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 # ---------------------------------------------------------------- writing GGUF files the way llama.cpp does
 

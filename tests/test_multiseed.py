@@ -2,11 +2,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import FAST_CPU, ROOT
 
 
 @pytest.mark.slow
@@ -15,9 +13,8 @@ def test_one_command_trains_seeds_and_writes_the_report_across_them(tmp_path, ti
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", "model=tiny", "data=sw_en", "multiseed=default", "seed=0,1",
            "hydra.callbacks.seed_report.n_boot=200",
            f"hydra.sweep.dir={sweep}", f"model.name_or_path={tiny_dir}", f"data.train_file={small_lexicons[0]}",
-           f"data.control_file={small_lexicons[1]}", "data.batch_size=8", "trainer.num_sanity_val_steps=0",
-           "trainer.limit_train_batches=2", "trainer.max_epochs=1", "trainer.limit_val_batches=1", "logger=none",
-           "callbacks.rich_progress_bar=false", "callbacks.progress_bar=false", "trainer.accelerator=cpu", "lora.r=4",
+           f"data.control_file={small_lexicons[1]}", "data.batch_size=8", FAST_CPU,
+           "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "lora.r=4",
            "optim.lr=5e-3", "optim.warmup_steps=1"]
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert res.returncode == 0, res.stderr[-3000:]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose
+from helpers import ROOT, compose
 
 from tli.errors import AdapterError, ConfigError, DataError
 from tli.eval.metrics import alignment
@@ -29,7 +29,6 @@ from tli.model.embed import Probe, embed_words
 from tli.model.loading import ModelSpec, load_model
 from tli.model.lora import LoraConfig, apply_lora
 
-ROOT = Path(__file__).resolve().parents[1]
 LEXICONS = ROOT / "tli" / "lexicons" / "sw_en"
 N_LAYERS = 32  # the tiny model's decoder blocks: hidden-state indices 0..32
 SUBSET = [0, 1, 2, 3, 31, 32]
@@ -328,8 +327,10 @@ def _tiny_adapter(tiny_dir, out: Path, base_model: str, perturb: bool = False) -
             for name, p in peft_model.named_parameters():
                 if "lora_B" in name:
                     p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
-    sidecar = {"base_model": base_model, "revision": None, "target_layer": 2, "pooling": "mean"}
-    return save_adapter(peft_model, out, sidecar)
+    from tli.model.card import AdapterCard
+
+    card = AdapterCard(base_model=base_model, target_layer=2, pooling="mean", lora={"r": 2})
+    return save_adapter(peft_model, out, card)
 
 
 def test_bad_layers(tmp_path, tiny_dir, lex, no_weights):

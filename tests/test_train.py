@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CrashAt, SimulatedCrash
+from helpers import FAST_CPU, ROOT, CrashAt, SimulatedCrash, compose
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
@@ -19,8 +19,6 @@ from tli.model.lora import LoraConfig
 from tli.training.losses import InfoNCE
 from tli.training.module import TLIModule, TrainConfig
 from tli.training.optim import OptimConfig
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _adapter(out: Path, name: str = "adapter") -> dict[str, torch.Tensor]:
@@ -191,8 +189,7 @@ def _cli(tmp_path, tiny_dir, small_lexicons, *overrides, multirun=False):
     return [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), "model=tiny", "data=sw_en",
             f"model.name_or_path={tiny_dir}",
             f"data.train_file={small_lexicons[0]}", f"data.control_file={small_lexicons[1]}", "data.batch_size=8",
-            "trainer.num_sanity_val_steps=0", "callbacks.rich_progress_bar=false", "callbacks.progress_bar=false",
-            "trainer.accelerator=cpu", "lora.r=4", *overrides]
+            FAST_CPU, "lora.r=4", *overrides]
 
 
 @pytest.mark.slow
@@ -222,7 +219,7 @@ def test_sigkill_then_resume_from_last_checkpoint(tmp_path, tiny_dir, small_lexi
 def test_multirun_sweep_writes_summary_table(tmp_path, tiny_dir, small_lexicons):
     sweep = tmp_path / "sweep"
     cmd = _cli(tmp_path, tiny_dir, small_lexicons, "lora.r=2,4", "loss.temperature=0.05,0.1",
-               f"hydra.sweep.dir={sweep}", "trainer.limit_train_batches=2", "logger=none",
+               f"hydra.sweep.dir={sweep}", "trainer.max_epochs=5", "trainer.limit_train_batches=2", "logger=none",
                "trainer.limit_val_batches=1",
                multirun=True)
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -288,8 +285,6 @@ def test_gradient_checkpointing_gives_identical_loss_and_gradients(tiny_spec, ti
 
 
 def test_the_run_ends_with_a_summary_whose_command_evaluates_it(train_cfg, tmp_path, capsys):
-    from conftest import compose
-
     from tli.jobs.evaluate import evaluate_job
 
     result = train_job(train_cfg("trainer.max_steps=3", "trainer.max_epochs=-1", "trainer.num_sanity_val_steps=-1",
