@@ -66,7 +66,11 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint_exits_143_and_resumes(tmp_pat
     assert f"resume with: python train.py ckpt_path=last hydra.run.dir={run}" in errors[0]
     assert "Traceback" not in stderr
     stopped = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert 5 <= stopped < 40 and f"at step {stopped}:" in errors[0]
+    assert 5 <= stopped < 40
+    # at the step boundary it saw the signal: last.ckpt at that step; a signal seen only after validation or a
+    # periodic save (Lightning raises from there): the newest periodic checkpoint, named as such
+    assert f"at step {stopped}: {run / 'checkpoints' / 'last.ckpt'} holds the run" in errors[0] or (
+        "the newest checkpoint in" in errors[0])
     assert not (run / "adapter").exists() and not (run / "metrics.json").exists()
     resumed = subprocess.run(cmd + ["ckpt_path=last"], cwd=tmp_path, env=ENV, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -290,7 +294,8 @@ def test_a_failed_sweep_job_is_one_line_and_the_summary_keeps_the_good_ones(tmp_
                          cwd=tmp_path, env=ENV, capture_output=True, text=True)
     assert res.returncode == 2, res.stderr[-3000:]
     assert "Traceback" not in res.stderr and "error: error:" not in res.stderr, res.stderr[-3000:]
-    failed = [line for line in res.stderr.splitlines() if line.startswith("error: job 1 (")]
+    output = res.stdout + res.stderr  # Hydra's console handler logs to stdout
+    failed = [line for line in output.splitlines() if line.startswith("error: job 1 (")]
     assert len(failed) == 1 and "model.target_layer=99" in failed[0] and "outside" in failed[0]
     assert res.stderr.strip().splitlines()[-1].startswith("error: 1 job(s) of the sweep failed: job 1 (")
     assert (sweep / "0" / "metrics.json").is_file() and (sweep / "1" / "failed.json").is_file()
