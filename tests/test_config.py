@@ -119,3 +119,15 @@ def test_every_tli_error_shares_one_base():
 
     classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
     assert len(classes) >= 6 and all(issubclass(c, TLIError) for c in classes)
+
+
+def test_the_evaluate_command_keeps_the_overrides_evaluate_reads():
+    from tli.config import overrides_for, read_by
+
+    assert {"model", "data", "metrics", "eval", "seed"} <= read_by("evaluate")
+    assert not {"lora", "loss", "optim", "trainer", "train", "objective"} & read_by("evaluate")
+    run = ["experiment=gemma_ko", "model.target_layer=12", "+data.val_fraction=0.3", "lora.r=8", "loss=triplet",
+           "loss.temperature=0.05", "trainer.max_epochs=3", "hydra.run.dir=x", "multiseed=default", "seed=2",
+           "optim.lr=1e-3", "paths.output_dir=y", "logger=wandb", "eval.translation=true", "~callbacks.lr_monitor"]
+    assert overrides_for("evaluate", run) == ["experiment=gemma_ko", "model.target_layer=12", "+data.val_fraction=0.3",
+                                              "seed=2", "eval.translation=true"]

@@ -374,7 +374,8 @@ def test_a_decoder_that_ignores_the_truncation_fails_loudly(tiny_spec):
         hidden_states(model, batch["words"])
     assert model.config.num_hidden_layers == 4  # restored after the error
 
-    module = TLIModule(ModelSpec(), Probe(target_layer=2), LoraConfig(r=4), InfoNCE(0.1), OptimConfig(lr=1e-3))
+    module = TLIModule(ModelSpec(name_or_path="tli-tiny"), Probe(target_layer=2), LoraConfig(r=4), InfoNCE(0.1),
+                       OptimConfig(lr=1e-3))
     module.backbone = model  # the module as configure_model leaves it, with this decoder
     with pytest.raises(ModelError, match=message):
         module.training_step(batch, 0)

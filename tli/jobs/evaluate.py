@@ -27,7 +27,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tli.data.config import load_lexicons
-from tli.errors import AdapterError
 from tli.eval.behaviour import (
     behaviour,
     behaviour_lines,
@@ -48,26 +47,10 @@ from tli.eval.vectors import embed_split
 from tli.io import atomic_write_json
 from tli.jobs.common import provenance, run_dir_lock
 from tli.jobs.tracking import init_wandb
-from tli.model.adapter import adapter_probe, check_base_model, check_quantization, read_sidecar
+from tli.model.adapter import attach, open_adapters
 from tli.model.loading import check_layers, load_config, load_model, num_layers
 
 log = logging.getLogger(__name__)
-
-
-def _adapters(adapter) -> list[str]:
-    if not adapter:
-        raise AdapterError("adapter is required: evaluate.py adapter=PATH (or adapter=[RUN1,RUN2] for several seeds)")
-    return [str(a) for a in (adapter if isinstance(adapter, (list, tuple)) else [adapter])]
-
-
-def check_lexicon_hashes(sidecar: dict, info: dict, adapter: str) -> None:
-    """Warn when the lexicons differ from those the adapter was trained on (naming both hashes)."""
-    for split in ("train", "control"):
-        trained = (sidecar.get("lexicons") or {}).get(split)
-        now = info.get(split)
-        if trained and now and trained["sha256"] != now["sha256"]:
-            log.warning("%s lexicon %s (sha256 %s) differs from the one adapter %s was trained with: %s (sha256 %s)",
-                        split, now["file"], now["sha256"][:12], adapter, trained["file"], trained["sha256"][:12])
 
 
 def evaluate_job(cfg) -> dict:
@@ -79,16 +62,10 @@ def evaluate_job(cfg) -> dict:
 def _evaluate(cfg) -> dict:
     out = Path(cfg.paths.output_dir) / "eval"
     spec = cfg.model.loading()
-    adapters = _adapters(cfg.adapter)
-    sidecars = [read_sidecar(a) for a in adapters]  # missing or foreign adapters fail before any weights load
-    for a, sc in zip(adapters, sidecars, strict=True):
-        check_base_model(sc, spec, a)
-        check_quantization(sc, spec, a)
-    probe = adapter_probe(sidecars, adapters, cfg.model.probe())
     lexicons = load_lexicons(cfg.data)
     info = lexicons.info()
-    for a, sc in zip(adapters, sidecars, strict=True):
-        check_lexicon_hashes(sc, info, a)
+    opened = open_adapters(cfg.adapter, spec, cfg.model.probe(), info)  # checked before any weights load
+    adapters, probe = opened.paths, opened.probe
     splits = {"train": lexicons.train, **({"control": lexicons.control} if lexicons.control is not None else {})}
     queries = translation_queries(cfg.eval, splits, cfg.seed) if cfg.eval.translation else []
     heldout = heldout_samples(cfg.eval, lexicons.train.src_lang, lexicons.train.tgt_lang) if cfg.eval.lm_loss else {}
@@ -101,17 +78,10 @@ def _evaluate(cfg) -> dict:
     before = {s: embed_split(base, tokenizer, lex, probe, None, bs) for s, lex in splits.items()}
     before_scores = layer_scores(before, layers, cfg.metrics)
     behaviour_before = behaviour(base, tokenizer, queries, heldout, cfg.eval)
-    from peft import PeftModel
-
     model, runs, rows, translation_rows, figure, points = None, {}, [], [], {}, {}
     for i, adapter in enumerate(adapters):
         name = f"run{i}" if len(adapters) > 1 else "run"
-        if model is None:
-            model = PeftModel.from_pretrained(base, adapter, adapter_name=name, is_trainable=False)
-        else:
-            model.load_adapter(adapter, adapter_name=name, is_trainable=False)
-        model.set_adapter(name)
-        model.eval()
+        model = attach(base if model is None else model, adapter, name)
         after = {s: embed_split(model, tokenizer, lex, probe, None, bs) for s, lex in splits.items()}
         after_scores = layer_scores(after, layers, cfg.metrics)
         runs[name] = {"adapter": adapter, **evaluate_run(before_scores, after_scores, layers, cfg.eval.n_boot,

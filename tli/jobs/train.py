@@ -20,9 +20,10 @@ from tli.data.datamodule import PairDataModule
 from tli.errors import ConfigError, RunDirError
 from tli.eval.metrics import metric_key
 from tli.io import atomic_write_json
-from tli.jobs.common import in_multirun, job_started, provenance, run_dir_lock
+from tli.jobs.common import in_multirun, job_started, run_card, run_dir_lock
 from tli.jobs.tracking import lightning_logger
 from tli.model.adapter import save_adapter
+from tli.model.card import AdapterCard
 from tli.model.loading import check_layer, load_config, load_tokenizer, num_layers, weights_fingerprint
 from tli.training.checkpoints import AtomicCheckpointIO, checkpoint_callbacks
 from tli.training.losses import build_loss
@@ -86,15 +87,25 @@ def check_distributed(trainer: L.Trainer, loss) -> None:
                     trainer.world_size)
 
 
-def run_settings(cfg, loss, lexicons) -> dict:
-    """What defines a run, recorded in its checkpoints and compared on resume (paths and caches excluded: a run may
-    move to another machine; the lexicons are compared by content)."""
-    spec = {k: v for k, v in asdict(cfg.model.loading()).items() if k != "cache_dir"}
-    data = {k: v for k, v in asdict(cfg.data).items() if k not in ("train_file", "control_file", "num_workers")}
-    return {"model": spec, "probe": asdict(cfg.model.probe()), "lora": asdict(cfg.lora), "loss": loss.settings,
-            "optim": asdict(cfg.optim), "train": {k: v for k, v in asdict(cfg.train).items() if k != "allow_changes"},
-            "objective": asdict(cfg.objective), "metrics": asdict(cfg.metrics), "seed": cfg.seed,
-            "data": {**data, "lexicons": {s: info["sha256"] for s, info in lexicons.info().items()}}}
+# Trainer arguments that change what the optimisation computes: compared on resume like optim.* (the others, such as
+# logging intervals or the progress bar, may change freely).
+OPTIMISATION_TRAINER_KEYS = ("max_steps", "max_epochs", "min_steps", "min_epochs", "accumulate_grad_batches",
+                             "gradient_clip_val", "gradient_clip_algorithm", "precision", "limit_train_batches",
+                             "overfit_batches")
+
+
+def run_settings(cfg, card) -> dict:
+    """What defines a run, recorded in its checkpoints and compared on resume: the adapter card's defining settings
+    (`AdapterCard.defining`), plus how it is optimised (paths and caches excluded: a run may move to another
+    machine; the lexicons are compared by content)."""
+    loading = {k: v for k, v in asdict(cfg.model.loading()).items()
+               if k not in ("cache_dir", "name_or_path", "revision", "quantization")}
+    data = {k: v for k, v in asdict(cfg.data).items()
+            if k not in ("train_file", "control_file", "num_workers", "src_field", "tgt_field")}
+    return {**card.defining(), "loading": loading, "optim": asdict(cfg.optim),
+            "train": {k: v for k, v in asdict(cfg.train).items() if k != "allow_changes"},
+            "objective": asdict(cfg.objective), "data": data,
+            "trainer": {k: cfg.trainer.get(k) for k in OPTIMISATION_TRAINER_KEYS}}
 
 
 def train_job(cfg, extra_callbacks=()) -> dict:
@@ -141,16 +152,15 @@ def print_summary(result: dict, cfg, out: Path, seconds: float) -> None:
 
 
 def evaluate_overrides(cfg) -> list[str]:
-    """The command-line overrides that make evaluate.py see this run's model and data: the run's own (its presets
-    compose with evaluate.py too), without those only training reads; outside Hydra, the model and data keys."""
+    """The command-line overrides that make evaluate.py see this run's model and data: the run's own overrides of
+    the keys evaluate.py reads (`tli.config.overrides_for`); outside Hydra, the model and data keys."""
+    from tli.config import overrides_for
     from tli.jobs.common import in_hydra
 
-    training_only = ("hydra.", "ckpt_path", "evaluate", "trainer", "callbacks", "logger", "lora", "loss", "optim",
-                     "train.", "objective", "seed", "multiseed", "hparams_search", "debug")
     if in_hydra():
         from hydra.core.hydra_config import HydraConfig
 
-        return [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(training_only)]
+        return overrides_for("evaluate", list(HydraConfig.get().overrides.task))
     d = cfg.data
     return [f"model.name_or_path={cfg.model.name_or_path}", f"model.quantization={cfg.model.quantization}",
             f"data.train_file={d.train_file}", f"data.control_file={d.control_file}", f"data.src_field={d.src_field}",
@@ -169,9 +179,10 @@ def _train(cfg, out: Path, loss, monitor: str, extra_callbacks) -> dict:
     datamodule = PairDataModule(cfg.data, tokenizer, template=probe.template, seed=cfg.seed,
                                 centring_words=cfg.metrics.centre)
     lexicons = datamodule.prepare_lexicons()  # bad files fail here, before the weights load
-    settings = run_settings(cfg, loss, lexicons)
+    card = run_card(cfg, lexicons, lora=asdict(cfg.lora), loss=loss.settings)
+    settings = run_settings(cfg, card)
     changed = check_resume_settings(ckpt, ckpt_path, settings, cfg.train.allow_changes) if ckpt else {}
-    module = TLIModule(spec, probe, cfg.lora, loss, cfg.optim, cfg.train, cfg.metrics)
+    module = TLIModule(spec, probe, cfg.lora, loss, cfg.optim, cfg.train, cfg.metrics, hparams=settings)
     logger = lightning_logger(cfg.logger, asdict(cfg), out)
     stop = GracefulStop(ckpt_dir)
     try:
@@ -185,15 +196,12 @@ def _train(cfg, out: Path, loss, monitor: str, extra_callbacks) -> dict:
         if stop.stopped:
             raise stop.error(trainer.global_step, out)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        sidecar = {**provenance(cfg, lexicons), "base_model": spec.name_or_path,
-                   "base_fingerprint": weights_fingerprint(spec), "target_layer": module.k,
-                   "lora": asdict(cfg.lora), "loss": loss.settings, "src_field": cfg.data.src_field,
-                   "tgt_field": cfg.data.tgt_field, "resumed_with_changes": changed}
+        card = card.with_updates(base_fingerprint=weights_fingerprint(spec), resumed_with_changes=changed)
         result = {"objective_name": monitor, "objective": metrics.get(monitor), "global_step": trainer.global_step,
                   "epochs": trainer.current_epoch, "metrics": metrics, "validation_before": module.before_training,
-                  "n_val_pairs": len(datamodule.val_pairs), "n_layers": module.n_layers, "settings": sidecar}
+                  "n_val_pairs": len(datamodule.val_pairs), "n_layers": module.n_layers, "settings": card.to_dict()}
         if trainer.is_global_zero:
-            result.update(export_adapters(trainer, module, out, sidecar, cfg.objective.keep))
+            result.update(export_adapters(trainer, module, out, card, cfg.objective.keep))
             atomic_write_json(out / "metrics.json", result)
             write_audit(lexicons, out / "audit.json")
         return result
@@ -204,7 +212,7 @@ def _train(cfg, out: Path, loss, monitor: str, extra_callbacks) -> dict:
             wandb.finish()
 
 
-def export_adapters(trainer: L.Trainer, module: TLIModule, out: Path, sidecar: dict, keep: str) -> dict:
+def export_adapters(trainer: L.Trainer, module: TLIModule, out: Path, card: AdapterCard, keep: str) -> dict:
     """adapter/ holds the kept adapter (`objective.keep`: the last, by default); adapter_best/ (or adapter_last/
     when the best is kept) the other one. Returns what metrics.json records about the choice."""
     ckpt_cb = trainer.checkpoint_callback
@@ -214,13 +222,14 @@ def export_adapters(trainer: L.Trainer, module: TLIModule, out: Path, sidecar: d
     if best:
         found["best"] = {"path": best, "score": float(ckpt_cb.best_model_score)}
     if keep == "last" or not best:
-        save_adapter(module.backbone, out / "adapter", {**sidecar, "checkpoint": "last"})
+        save_adapter(module.backbone, out / "adapter", card.with_updates(checkpoint="last"))
     else:
-        save_adapter(module.backbone, out / other, {**sidecar, "checkpoint": "last"})
+        save_adapter(module.backbone, out / other, card.with_updates(checkpoint="last"))
     if best:
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state, strict=False)
-        save_adapter(module.backbone, out / ("adapter" if keep == "best" else other), {**sidecar, "checkpoint": "best"})
+        save_adapter(module.backbone, out / ("adapter" if keep == "best" else other),
+                     card.with_updates(checkpoint="best"))
         if keep == "best":
             found["objective"] = float(ckpt_cb.best_model_score)
     return found

@@ -63,9 +63,10 @@ def save_adapter(peft_model, out_dir: str | Path, card: AdapterCard) -> Path:
     return out
 
 
-def check_adapter_files(adapter_dir: str | Path, card: AdapterCard | None = None) -> Path:
-    """Every file an adapter needs, readable, without running any of it: adapter_config.json, safetensors weights
-    (pickles refused), finite values, LoRA shapes agreeing with the rank in adapter_config.json and the card."""
+def read_sidecar(adapter_dir: str | Path) -> AdapterCard:
+    """The adapter's card, after checking every file an adapter needs without running any of it (before any model
+    weights load): adapter_config.json, the card, safetensors weights (pickles refused), finite values, LoRA shapes
+    agreeing with the rank in adapter_config.json and the card."""
     path = Path(adapter_dir).expanduser()
     name = str(adapter_dir)
     if not path.is_dir():
@@ -76,6 +77,7 @@ def check_adapter_files(adapter_dir: str | Path, card: AdapterCard | None = None
         config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
         raise AdapterError(f"{path / 'adapter_config.json'} is not valid JSON ({err}): the adapter is damaged") from err
+    card = AdapterCard.load(path)
     weights = path / WEIGHTS
     if not weights.is_file():
         if (path / "adapter_model.bin").is_file():
@@ -94,7 +96,7 @@ def check_adapter_files(adapter_dir: str | Path, card: AdapterCard | None = None
     if bad:
         raise AdapterError(f"{weights} holds non-finite values (NaN or inf) in {len(bad)} tensor(s), e.g. {bad[0]}: "
                            "the training diverged or the file is corrupt; train again or use another checkpoint")
-    ranks = {config.get("r"), *((card.lora.get("r"),) if card is not None and card.lora else ())} - {None}
+    ranks = {config.get("r"), card.lora.get("r")} - {None}
     if len(ranks) > 1:
         raise AdapterError(f"adapter={name!r}: adapter_config.json has r={config.get('r')} but {CARD_FILE} records "
                            f"lora.r={card.lora.get('r')}: the files belong to different adapters")
@@ -103,13 +105,6 @@ def check_adapter_files(adapter_dir: str | Path, card: AdapterCard | None = None
         if dim is not None and ranks and (t.dim() != 2 or t.shape[dim] not in ranks):
             raise AdapterError(f"{weights}: {key} has shape {tuple(t.shape)}, not rank {min(ranks)} as "
                                "adapter_config.json says: the files belong to different adapters")
-    return path
-
-
-def read_sidecar(adapter_dir: str | Path) -> AdapterCard:
-    """The adapter's card, after checking every file an adapter needs (before any model weights load)."""
-    card = AdapterCard.load(adapter_dir) if Path(adapter_dir).expanduser().is_dir() else None
-    check_adapter_files(adapter_dir, card)
     return card
 
 

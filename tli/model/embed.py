@@ -57,7 +57,7 @@ POOLINGS: dict[str, Pool] = {"mean": _pool_mean, "mean_all": _pool_mean_all, "la
 class Probe:
     """Where and how a word is read out of the model (`model.target_layer`, `model.pooling`, `model.template`)."""
 
-    target_layer: int = 2  # hidden-state index k that training pulls translations together at
+    target_layer: int = 15  # hidden-state index k that training pulls translations together at (default preset's)
     pooling: str = "mean"  # a key of POOLINGS
     template: str = "{word}"  # prompt around the word; its tokens never count as the word's
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from tli.errors import ConfigError, ModelError
 from tli.io import check_cache_dir, file_sha256
+from tli.model.gguf import GEMMA3_270M
 
 QUANTIZATIONS = ("nf4", "fp4", "int8", "none")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -33,7 +34,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 class ModelSpec:
     """How to load the model (`model.*` loading keys; the probe keys live in `tli.model.embed.Probe`)."""
 
-    name_or_path: str = TINY
+    name_or_path: str = GEMMA3_270M  # the default preset (conf/model/gemma3_270m.yaml)
     revision: str | None = None
     quantization: str = "nf4"
     dtype: str = "auto"  # non-quantized weights: auto = bfloat16 on CUDA, float32 on CPU

@@ -22,7 +22,7 @@ from tli.model.embed import Probe, hidden_states, pool
 from tli.model.loading import ModelSpec, load_model, num_layers, truncated
 from tli.model.lora import LoraConfig, apply_lora
 from tli.training.losses import ContrastiveLoss
-from tli.training.optim import OptimConfig
+from tli.training.optim import OptimConfig, Schedule
 
 
 @dataclass
@@ -94,6 +94,15 @@ class TLIModule(L.LightningModule):
         for name, value in self.loss_fn.logged().items():
             self.log(f"train/{name}", value, batch_size=B)
         return loss
+
+    def on_train_start(self) -> None:
+        # A resumed run whose length changed (trainer.max_steps / max_epochs with train.allow_changes=true) keeps its
+        # restored schedule and continues it to the new end without a jump in the learning rate.
+        planned = int(self.trainer.estimated_stepping_batches)
+        for config in self.trainer.lr_scheduler_configs:
+            for schedule in getattr(config.scheduler, "lr_lambdas", []):
+                if isinstance(schedule, Schedule) and schedule.total != planned:
+                    schedule.extend(planned, self.trainer.global_step)
 
     def on_train_batch_start(self, batch, batch_idx):
         if self._rng_to_restore is not None:  # resumed: continue the saved random stream (LoRA dropout)

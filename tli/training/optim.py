@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -47,9 +48,42 @@ class OptimConfig:
 
     def build(self, params, total_steps: int) -> dict:
         """Lightning's `configure_optimizers` return value."""
-        from transformers import get_scheduler
-
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=tuple(self.betas))
-        scheduler = get_scheduler(self.scheduler, optimizer, num_warmup_steps=self.warmup(total_steps),
-                                  num_training_steps=total_steps)
+        schedule = Schedule(self.scheduler, self.warmup(total_steps), total_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+@functools.lru_cache(maxsize=16)
+def _multiplier(name: str, warmup: int, total: int):
+    """transformers' schedule `name` as a function of the step (built once per setting)."""
+    from transformers import get_scheduler
+
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    return get_scheduler(name, dummy, num_warmup_steps=warmup, num_training_steps=total).lr_lambdas[0]
+
+
+class Schedule:
+    """The learning-rate multiplier at step t: transformers' schedule `name` over `total` steps. Its plain attributes
+    are saved in checkpoints (LambdaLR keeps a callable object's __dict__), so a resumed run keeps the schedule it
+    started with. `extend(total, step)` lengthens a run without a jump: from `step` on, the multiplier falls
+    linearly from its current value to 0 at the new total (constant schedules stay constant)."""
+
+    def __init__(self, name: str, warmup: int, total: int):
+        self.name, self.warmup, self.total = name, warmup, total
+        self.anchor: list | None = None  # [step, multiplier, planned total] where an extension took over
+
+    def __call__(self, step: int) -> float:
+        if self.anchor is None:
+            return _multiplier(self.name, self.warmup, self.total)(step)
+        start, value, planned = self.anchor
+        if step < start:
+            return _multiplier(self.name, self.warmup, planned)(step)
+        if self.name == "constant" or (self.name == "constant_with_warmup" and start >= self.warmup):
+            return value
+        return value * max(0, self.total - step) / max(1, self.total - start)
+
+    def extend(self, total: int, step: int) -> None:
+        if total != self.total:
+            self.anchor = [step, self(step), self.anchor[2] if self.anchor else self.total]
+            self.total = total
