@@ -1,5 +1,9 @@
 """The evaluation job behind `evaluate.py`: one base model, every adapter attached in turn, paired statistics.
 
+Four named steps: `plan(cfg)` checks everything before weights load (lexicons, adapters, queries, held-out text,
+layers) -> `measure(plan)` loads the base once, measures it, attaches each adapter in turn -> `write_outputs`
+(summary, CSVs, report, plots, W&B) -> `show` (the console).
+
 Everything "before" (embeddings, few-shot translation, held-out LM loss) is computed on the bare base model before
 the first adapter is attached; each adapter is then attached to that same model for its "after". eval/summary.json:
 
@@ -23,9 +27,11 @@ split (`tli.eval.translation.CSV_COLUMNS`), with a leading `run` column when sev
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from tli.data.audit import AuditResult
 from tli.data.config import load_lexicons
 from tli.eval.behaviour import (
     behaviour,
@@ -40,103 +46,153 @@ from tli.eval.evaluation import aggregate_all, curves, evaluate_run, layer_score
 from tli.eval.plots import plot_before_after, plot_scatter
 from tli.eval.report import write_report
 from tli.eval.tables import print_table, write_csv
-from tli.eval.translation import (
-    CSV_COLUMNS,
-)
+from tli.eval.translation import CSV_COLUMNS, Query
 from tli.eval.vectors import embed_split
 from tli.io import atomic_write_json
 from tli.jobs.common import provenance, run_dir_lock
 from tli.jobs.tracking import init_wandb
-from tli.model.adapter import attach, open_adapters
-from tli.model.loading import check_layers, load_config, load_model, num_layers
+from tli.model.adapter import OpenedAdapters, attach, open_adapters
+from tli.model.embed import Probe
+from tli.model.loading import ModelSpec, check_layers, load_config, load_model, num_layers
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalPlan:
+    """Everything an evaluation needs, checked before any weights load (`plan`)."""
+
+    cfg: Any
+    out: Path  # <run dir>/eval
+    spec: ModelSpec
+    lexicons: AuditResult
+    adapters: OpenedAdapters  # read and checked against the base model
+    probe: Probe  # the adapters' probe
+    splits: dict  # split -> Lexicon
+    queries: list[Query]  # few-shot translation prompts ([] unless eval.translation)
+    heldout: dict  # language -> held-out sentences ({} unless eval.lm_loss)
+    n_layers: int
+    layers: list[int]  # reported hidden-state indices
+
+
+@dataclass
+class Measured:
+    """What `measure` found: the summary's runs, the per-pair and per-query rows, the figures' data."""
+
+    runs: dict
+    pair_rows: list[dict]
+    translation_rows: list[dict]
+    figure: dict
+    points: dict
 
 
 def evaluate_job(cfg) -> dict:
     """Evaluate adapters from a typed config (`tli.config.TLIConfig`); returns eval/summary.json's content."""
     with run_dir_lock(cfg.paths.output_dir):
-        return _evaluate(cfg)
+        plan_ = plan(cfg)
+        summary = write_outputs(plan_, measure(plan_))
+        show(plan_, summary)
+        return summary
 
 
-def _evaluate(cfg) -> dict:
-    out = Path(cfg.paths.output_dir) / "eval"
+def plan(cfg) -> EvalPlan:
+    """Check everything before weights load: lexicons, adapters (files, base weights, quantization, probes), the
+    translation queries, the held-out text and the reported layers."""
     spec = cfg.model.loading()
     lexicons = load_lexicons(cfg.data)
-    info = lexicons.info()
-    opened = open_adapters(cfg.adapter, spec, cfg.model.probe(), info)  # checked before any weights load
-    adapters, probe = opened.paths, opened.probe
+    adapters = open_adapters(cfg.adapter, spec, cfg.model.probe(), lexicons.info())
     splits = {"train": lexicons.train, **({"control": lexicons.control} if lexicons.control is not None else {})}
     queries = translation_queries(cfg.eval, splits, cfg.seed) if cfg.eval.translation else []
     heldout = heldout_samples(cfg.eval, lexicons.train.src_lang, lexicons.train.tgt_lang) if cfg.eval.lm_loss else {}
     _, config = load_config(spec)
     n_layers = num_layers(config)
-    layers = check_layers(cfg.eval.layers or [probe.target_layer, n_layers], n_layers, "eval.layers")
-    base, tokenizer = load_model(spec)  # loaded once: every adapter is attached to this one model
+    layers = check_layers(cfg.eval.layers or [adapters.probe.target_layer, n_layers], n_layers, "eval.layers")
+    return EvalPlan(cfg, Path(cfg.paths.output_dir) / "eval", spec, lexicons, adapters, adapters.probe, splits,
+                    queries, heldout, n_layers, layers)
+
+
+def measure(plan: EvalPlan) -> Measured:
+    """Load the base model once; measure it ("before"), then attach each adapter in turn to the same model."""
+    cfg, probe, splits, layers, n_layers = plan.cfg, plan.probe, plan.splits, plan.layers, plan.n_layers
+    base, tokenizer = load_model(plan.spec)
     bs = cfg.eval.batch_size
-    # "before" on the bare base model; the adapters are attached to the same model afterwards.
     before = {s: embed_split(base, tokenizer, lex, probe, None, bs) for s, lex in splits.items()}
     before_scores = layer_scores(before, layers, cfg.metrics)
-    behaviour_before = behaviour(base, tokenizer, queries, heldout, cfg.eval)
-    model, runs, rows, translation_rows, figure, points = None, {}, [], [], {}, {}
-    for i, adapter in enumerate(adapters):
-        name = f"run{i}" if len(adapters) > 1 else "run"
-        model = attach(base if model is None else model, adapter, name)
+    behaviour_before = behaviour(base, tokenizer, plan.queries, plan.heldout, cfg.eval)
+    found, model = Measured({}, [], [], {}, {}), base
+    for name, adapter in zip(plan.adapters.names(), plan.adapters.paths, strict=True):
+        model = attach(model, adapter, name)
         after = {s: embed_split(model, tokenizer, lex, probe, None, bs) for s, lex in splits.items()}
         after_scores = layer_scores(after, layers, cfg.metrics)
-        runs[name] = {"adapter": adapter, **evaluate_run(before_scores, after_scores, layers, cfg.eval.n_boot,
-                                                         cfg.seed)}
-        rows += pair_rows(name, splits, before_scores, after_scores, layers)
-        compared, csv_rows = compare_behaviour(behaviour_before, behaviour(model, tokenizer, queries, heldout,
-                                                                           cfg.eval), cfg.eval.n_boot, cfg.seed)
-        runs[name].update(compared)
-        translation_rows += [{"run": name, **r} for r in csv_rows]
-        if i == 0:
-            figure = curves(before, after)
-            points = {s: (before_scores["raw"][s][n_layers]["pairs"]["cosine"].tolist(),
-                          after_scores["raw"][s][n_layers]["pairs"]["cosine"].tolist())
-                      for s in splits} if n_layers in layers else {}
+        run = {"adapter": adapter, **evaluate_run(before_scores, after_scores, layers, cfg.eval.n_boot, cfg.seed)}
+        found.pair_rows += pair_rows(name, splits, before_scores, after_scores, layers)
+        compared, csv_rows = compare_behaviour(behaviour_before, behaviour(model, tokenizer, plan.queries,
+                                                                           plan.heldout, cfg.eval),
+                                               cfg.eval.n_boot, cfg.seed)
+        found.runs[name] = {**run, **compared}
+        found.translation_rows += [{"run": name, **r} for r in csv_rows]
+        if not found.figure:  # the figures show the first adapter
+            found.figure = curves(before, after)
+            found.points = {s: (before_scores["raw"][s][n_layers]["pairs"]["cosine"].tolist(),
+                                after_scores["raw"][s][n_layers]["pairs"]["cosine"].tolist())
+                            for s in splits} if n_layers in layers else {}
+    return found
+
+
+def write_outputs(plan: EvalPlan, found: Measured) -> dict:
+    """eval/summary.json, pairs.csv, translation.csv, report.md and the plots (each written atomically); returns
+    the summary."""
+    cfg, probe, out, runs = plan.cfg, plan.probe, plan.out, found.runs
     summary = {
-        "settings": {**provenance(cfg, lexicons), "pooling": probe.pooling, "template": probe.template,
-                     "adapters": adapters, "target_layer": probe.target_layer, "layers": layers,
+        "settings": {**provenance(cfg, plan.lexicons), "pooling": probe.pooling, "template": probe.template,
+                     "adapters": plan.adapters.paths, "target_layer": probe.target_layer, "layers": plan.layers,
                      "n_boot": cfg.eval.n_boot,
-                     "translation": translation_settings(cfg.eval, queries, lexicons.train, cfg.seed),
+                     "translation": translation_settings(cfg.eval, plan.queries, plan.lexicons.train, cfg.seed),
                      "lm_loss": {lang: {"file": h["file"], "sha256": h["sha256"], "sentences": len(h["sentences"])}
-                                 for lang, h in heldout.items()} or None},
+                                 for lang, h in plan.heldout.items()} or None},
         "runs": runs,
-        "aggregate": aggregate_all(list(runs.values()), layers) if len(runs) > 1 else {},
+        "aggregate": aggregate_all(list(runs.values()), plan.layers) if len(runs) > 1 else {},
     }
-    if queries:  # the design contract's top-level section: the run's, or the runs' and their aggregate
+    if plan.queries:  # the design contract's top-level section: the run's, or the runs' and their aggregate
         summary["translation"] = runs["run"]["translation"] if len(runs) == 1 else {
             "runs": {n: r["translation"] for n, r in runs.items()}, "aggregate": summary["aggregate"]["translation"]}
-    write_csv(rows, out / "pairs.csv", ["run", "split", "source", "target", "layer", "cos_before", "cos_after"])
-    if queries:  # the contract's columns; a leading `run` column only when several adapters are evaluated
-        columns = ["run", *CSV_COLUMNS] if len(adapters) > 1 else CSV_COLUMNS
-        write_csv([{c: r[c] for c in columns} for r in translation_rows], out / "translation.csv", columns)
+    write_csv(found.pair_rows, out / "pairs.csv", ["run", "split", "source", "target", "layer", "cos_before",
+                                                   "cos_after"])
+    if plan.queries:  # the contract's columns; a leading `run` column only when several adapters are evaluated
+        columns = ["run", *CSV_COLUMNS] if len(runs) > 1 else CSV_COLUMNS
+        write_csv([{c: r[c] for c in columns} for r in found.translation_rows], out / "translation.csv", columns)
     else:  # a table from an earlier evaluation into the same directory would contradict this summary
         (out / "translation.csv").unlink(missing_ok=True)
     atomic_write_json(out / "summary.json", summary)
     write_report(summary, out / "report.md")
-    title = f"{spec.name_or_path} ({spec.quantization}), pooling={probe.pooling}"
-    plot_before_after(figure, out / "layers.png", title)
-    if points:
-        plot_scatter(points, out / "scatter.png", f"per-pair cosine at index {n_layers}: {title}")
-    for name, run in runs.items():
+    title = _title(plan)
+    plot_before_after(found.figure, out / "layers.png", title)
+    if found.points:
+        plot_scatter(found.points, out / "scatter.png", f"per-pair cosine at index {plan.n_layers}: {title}")
+    if cfg.logger.type == "wandb":
+        _log_wandb(cfg, summary, out, found.translation_rows)
+    return summary
+
+
+def show(plan: EvalPlan, summary: dict) -> None:
+    """The console: per run, a table of the headline figures, the reading and the behaviour lines."""
+    for name, run in summary["runs"].items():
         table = [{"split": s, "layer": layer, "vectors": v, "n": st["paired"]["cosine"]["n"],
                   "cos_before": st["paired"]["cosine"]["mean_before"],
                   "cos_after": st["paired"]["cosine"]["mean_after"],
                   "margin_before": st["before"]["margin"], "margin_after": st["after"]["margin"],
                   "pool_p1_before": st["before"]["pool_p_at_1"], "pool_p1_after": st["after"]["pool_p_at_1"]}
-                 for s in splits for layer, per_variant in run[s].items() for v, st in per_variant.items()]
+                 for s in plan.splits for layer, per_variant in run[s].items() for v, st in per_variant.items()]
         print_table(table, list(table[0]), title=f"{name}: {run['adapter']}")
         for line in (line for per_layer in run["reading"].values() for line in per_layer):
             print(f"[{name}] {line}")
         for line in behaviour_lines(run):
             print(f"[{name}] {line}")
-    if cfg.logger.type == "wandb":
-        _log_wandb(cfg, summary, out, translation_rows)
-    print(f"wrote {out}")
-    return summary
+    print(f"wrote {plan.out}")
+
+
+def _title(plan: EvalPlan) -> str:
+    return f"{plan.spec.name_or_path} ({plan.spec.quantization}), pooling={plan.probe.pooling}"
 
 
 def _log_wandb(cfg, summary: dict, out: Path, translation_rows: list[dict]) -> None:
