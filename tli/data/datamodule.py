@@ -91,12 +91,12 @@ class PairDataModule(L.LightningDataModule):
         self._train_loader: ResumableLoader | None = None
         self._loader_state: dict | None = None
 
-    def prepare_lexicons(self) -> AuditResult:
+    def prepare_lexicons(self, reported: set | None = None) -> AuditResult:
         """Read and audit the lexicons (the control set is audited for leakage, never trained on; special-token text
         is that of this tokenizer), and check that the training and validation splits are usable; all before any
-        weights load."""
+        weights load. `reported`: findings already logged (tli.data.audit.log_findings)."""
         if self.lexicons is None:
-            self.lexicons = load_lexicons(self.data_cfg, tokenizer=self.tokenizer)
+            self.lexicons = load_lexicons(self.data_cfg, tokenizer=self.tokenizer, reported=reported)
             print(format_audit(self.lexicons))
             train, val = split_validation(self.lexicons.train, self.val_fraction, self.seed)
             where = f"{self.lexicons.train.path} ({len(self.lexicons.train)} pairs) with data.val_fraction=" \

@@ -86,20 +86,21 @@ class Measured:
     points: dict
 
 
-def evaluate_job(cfg) -> dict:
-    """Evaluate adapters from a typed config (`tli.config.TLIConfig`); returns eval/summary.json's content."""
+def evaluate_job(cfg, reported: set | None = None) -> dict:
+    """Evaluate adapters from a typed config (`tli.config.TLIConfig`); returns eval/summary.json's content.
+    `reported`: lexicon audit findings already logged (train.py evaluate=true)."""
     with run_dir_lock(cfg.paths.output_dir):
-        plan_ = plan(cfg)
+        plan_ = plan(cfg, reported)
         summary = write_outputs(plan_, measure(plan_))
         show(plan_, summary)
         return summary
 
 
-def plan(cfg) -> EvalPlan:
+def plan(cfg, reported: set | None = None) -> EvalPlan:
     """Check everything before weights load: lexicons, adapters (files, base weights, quantization, probes), the
     translation queries, the held-out text and the reported layers."""
     spec = cfg.model.loading()
-    lexicons = load_lexicons(cfg.data)
+    lexicons = load_lexicons(cfg.data, reported=reported)
     adapters = open_adapters(cfg.adapter, spec, cfg.model.probe(), lexicons.info())
     splits = {"train": lexicons.train, **({"control": lexicons.control} if lexicons.control is not None else {})}
     queries = translation_queries(cfg.eval, splits, cfg.seed) if cfg.eval.translation else []

@@ -113,15 +113,16 @@ def train_job(cfg, extra_callbacks=()) -> dict:
     out = Path(cfg.paths.output_dir)
     config, loss, monitor = validate(cfg)
     started = time.monotonic()
+    reported: set = set()  # audit findings logged once, though training and its evaluation both audit
     with run_dir_lock(out):
-        result = _train(cfg, out, loss, monitor, extra_callbacks)
+        result = _train(cfg, out, loss, monitor, extra_callbacks, reported)
     if rank_zero_only.rank == 0:
         print_summary(result, cfg, out, time.monotonic() - started)
         if cfg.evaluate:  # after the lock is released: the evaluation takes its own
             from tli.jobs.evaluate import evaluate_job
 
             result["evaluation"] = str(out / "eval")
-            evaluate_job(replace(cfg, adapter=str(out / "adapter")))
+            evaluate_job(replace(cfg, adapter=str(out / "adapter")), reported=reported)
     return result
 
 
@@ -167,7 +168,7 @@ def evaluate_overrides(cfg) -> list[str]:
             f"data.tgt_field={d.tgt_field}", f"data.src_lang={d.src_lang}", f"data.tgt_lang={d.tgt_lang}"]
 
 
-def _train(cfg, out: Path, loss, monitor: str, extra_callbacks) -> dict:
+def _train(cfg, out: Path, loss, monitor: str, extra_callbacks, reported: set | None = None) -> dict:
     ckpt_dir = out / "checkpoints"
     ckpt_path, ckpt = resolve_ckpt_path(cfg.ckpt_path, ckpt_dir)
     if ckpt is None and list(ckpt_dir.glob("*.ckpt")):
@@ -178,7 +179,7 @@ def _train(cfg, out: Path, loss, monitor: str, extra_callbacks) -> dict:
     tokenizer = load_tokenizer(spec)
     datamodule = PairDataModule(cfg.data, tokenizer, template=probe.template, seed=cfg.seed,
                                 centring_words=cfg.metrics.centre)
-    lexicons = datamodule.prepare_lexicons()  # bad files fail here, before the weights load
+    lexicons = datamodule.prepare_lexicons(reported)  # bad files fail here, before the weights load
     card = run_card(cfg, lexicons, lora=asdict(cfg.lora), loss=loss.settings)
     settings = run_settings(cfg, card)
     changed = check_resume_settings(ckpt, ckpt_path, settings, cfg.train.allow_changes) if ckpt else {}
