@@ -8,7 +8,9 @@ separately before and after) it reports every registered metric before and after
 per-pair scores (`tli.eval.metrics.PAIR_SCORES`): the paper's raw cosine, the baseline-corrected margin, and the
 pool-size-free reciprocal rank. Trained and control pairs are compared on the same scores (difference in
 differences). The honest null is the centred base model: a change counts as injected alignment that reaches unseen
-words only where the centred after-vectors beat the centred before-vectors on control pairs.
+words only where the centred after-vectors beat the centred before-vectors on control pairs. The reading's claims
+("beats", "worse", "targeted") are judged on Holm-adjusted p-values over all of them, and need at least
+`MIN_PAIRS_FOR_CLAIMS` pairs per split (`tli.eval.claims`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tli.errors import ConfigError
+from tli.eval.claims import ALPHA, MIN_PAIRS_FOR_CLAIMS, adjust_claims, verdict_variant
 from tli.eval.lm_loss_stats import aggregate_lm_loss
 from tli.eval.metrics import HEADLINE, PAIR_SCORES, MetricsConfig, alignment, mismatched_moments, pair_scores
 from tli.eval.pairs import pair_cosines
@@ -83,7 +86,8 @@ def curves(before: dict[str, SplitVectors], after: dict[str, SplitVectors]) -> d
 
 def evaluate_run(before: dict, after: dict, layers: list[int], n_boot: int, seed: int) -> dict:
     """From `layer_scores` before and after: split -> layer -> variant -> {before, after, paired}; and, with both
-    splits, targeted -> layer -> variant -> score -> difference in differences (trained vs control gains)."""
+    splits, targeted -> layer -> variant -> score -> difference in differences (trained vs control gains); claims
+    (`tli.eval.claims.adjust_claims`: the Holm family the reading's words are judged on) and reading -> layer."""
     result: dict = {}
     for variant in before:
         for split in before[variant]:
@@ -100,6 +104,7 @@ def evaluate_run(before: dict, after: dict, layers: list[int], n_boot: int, seed
                                                    for split in ("train", "control") for state in (before, after)),
                                                  n_boot=n_boot, seed=seed)
                     for s in PAIR_SCORES}
+    result["claims"] = adjust_claims(result, layers)
     result["reading"] = {layer: reading(result, layer) for layer in layers}
     return result
 
@@ -114,35 +119,50 @@ def reading(run: dict, layer: int) -> list[str]:
         raw = run[split][layer]["raw"]
         cos, shift = raw["paired"]["cosine"], raw["after"]["baseline_cosine"] - raw["before"]["baseline_cosine"]
         margin = raw["paired"]["margin"]
-        text = (f"{split}, index {layer}: raw cosine {cos['mean_before']:.4f} -> {cos['mean_after']:.4f}; "
-                f"mismatched pairs moved by {shift:+.4f}; margin {margin['mean_before']:.4f} -> "
-                f"{margin['mean_after']:.4f} ({fmt_p(margin['wilcoxon_p'])})")
-        if cos["delta"] is not None and cos["delta"] > 0 and shift > cos["delta"] / 2:
+        text = (f"{split}, index {layer}: raw cosine {_v(cos['mean_before'])} -> {_v(cos['mean_after'])}; "
+                f"mismatched pairs moved by {_v(shift, '+.4f')}; margin {_v(margin['mean_before'])} -> "
+                f"{_v(margin['mean_after'])} ({fmt_p(margin['wilcoxon_p'])})")
+        if cos["n"] < MIN_PAIRS_FOR_CLAIMS:
+            text += f" (n = {cos['n']}: too small a split to support a claim)"
+        elif cos["delta"] is not None and cos["delta"] > 0 and shift > cos["delta"] / 2:
             text += ": most of the raw gain is a global shift"
         elif cos["delta"] is not None and cos["delta"] < 0 < (margin["delta"] or 0):
             text += ": raw cosine fell while the margin rose (a raw-cosine table would call this a failure)"
+        if cos.get("n_nonfinite"):
+            text += f" ({cos['n_nonfinite']} pairs with non-finite scores dropped)"
         lines.append(text)
     if "control" in run:
-        variant = "centred" if "centred" in run["control"][layer] else "raw"
+        variant = verdict_variant(run, layer)
         rr = run["control"][layer][variant]["paired"]["pool_mrr"]
         p1 = run["control"][layer][variant]
         lines.append(
-            f"unseen (control) pairs, index {layer}, {variant} vectors: pool-matched MRR {rr['mean_before']:.4f} -> "
-            f"{rr['mean_after']:.4f} ({fmt_p(rr['wilcoxon_p'])}); pool P@1 {p1['before']['pool_p_at_1']:.4f} -> "
-            f"{p1['after']['pool_p_at_1']:.4f}: " + verdict(rr, variant))
+            f"unseen (control) pairs, index {layer}, {variant} vectors: pool-matched MRR {_v(rr['mean_before'])} -> "
+            f"{_v(rr['mean_after'])} ({fmt_p(rr['wilcoxon_p'])}); pool P@1 {_v(p1['before']['pool_p_at_1'])} -> "
+            f"{_v(p1['after']['pool_p_at_1'])}: " + verdict(rr, variant))
     for variant, scores in run.get("targeted", {}).get(layer, {}).items():
         lines.append(f"trained vs control ({variant}, margin): {scores['margin']['reading']}")
     return lines
 
 
+def _v(x, spec: str = ".4f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
 def verdict(rr: dict, variant: str) -> str:
+    """The claim on control pairs, judged on the Holm-adjusted Wilcoxon p (`holm_p`, set by `adjust_claims`; the
+    raw p where absent) and refused below `MIN_PAIRS_FOR_CLAIMS` pairs."""
     null = "the centred base model" if variant == "centred" else "the base model"
-    p = rr["wilcoxon_p"]
+    p = rr.get("holm_p", rr["wilcoxon_p"])
+    if rr["n"] < MIN_PAIRS_FOR_CLAIMS:
+        return (f"too few control pairs (n = {rr['n']}, fewer than {MIN_PAIRS_FOR_CLAIMS}) to support a claim "
+                f"about {null}")
     if rr["delta"] is None or p is None:
         return "untestable"
-    if p < 0.05 and rr["delta"] > 0:
+    if "holm_p" in rr:
+        null += f" (Holm-adjusted {fmt_p(p)})"
+    if p < ALPHA and rr["delta"] > 0:
         return f"the adapter beats {null} on words it never saw"
-    if p < 0.05:
+    if p < ALPHA:
         return f"the adapter is worse than {null} on words it never saw"
     return f"no detectable gain over {null} on words it never saw"
 

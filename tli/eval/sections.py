@@ -58,13 +58,18 @@ def embedding_section(run: dict) -> str:
                                      "p (Wilcoxon)"])]
     if run.get("targeted"):
         targeted = [[layer, variant, score, _f(d["train_delta"]), _f(d["control_delta"]), _f(d["did"]),
-                     _ci(d["did_ci_low"], d["did_ci_high"]), fmt_p(d["p"])]
+                     _ci(d["did_ci_low"], d["did_ci_high"]), fmt_p(d["p"]), fmt_p(d.get("holm_p"))]
                     for layer, per_variant in run["targeted"].items() for variant, per_score in per_variant.items()
                     for score, d in per_score.items()]
         lines += ["", "### Trained vs control pairs (difference in differences of the per-pair gains)", "",
                   markdown_table(targeted, ["layer", "vectors", "score", "train gain", "control gain", "difference",
-                                            "95% CI", "p (Welch)"])]
+                                            "95% CI", "p (Welch)", "p (Holm)"])]
     lines += ["", "### Reading", ""]
+    claims = run.get("claims")
+    if claims:
+        lines += [f"Claims (beats, worse, targeted) are judged on p-values Holm-adjusted over {claims['n']} claims "
+                  f"(family-wise {claims['alpha']:g}); a split with fewer than {claims['min_pairs']} pairs supports "
+                  "no claim.", ""]
     lines += [f"- {line}." for per_layer in run["reading"].values() for line in per_layer]
     return "\n".join(lines) + "\n"
 
