@@ -7,8 +7,9 @@ import unicodedata
 import numpy as np
 import pytest
 import torch
+from scipy.stats import wilcoxon
 
-from tli.eval.lm_loss import heldout_sentences, lm_loss, read_sentences, sentence_nll
+from tli.eval.lm_loss import heldout_sentences, lm_loss, perplexity, read_sentences, sentence_nll
 from tli.eval.lm_loss_stats import aggregate_lm_loss, compare_lm_loss
 from tli.eval.sections import lm_loss_aggregate_section, lm_loss_section
 from tli.model.loading import ModelSpec, load_model
@@ -99,6 +100,29 @@ def test_rise_rule_needs_size_and_consistency():
     assert compare_lm_loss(fake(base), fake(base * 0.9))["rise"] is False  # a fall is no harm
     with pytest.raises(ValueError, match="different tokens"):
         compare_lm_loss(fake(base), fake(base, tokens=11))
+
+
+def test_nonfinite_losses_never_raise():
+    base = np.linspace(3.0, 4.0, 20)
+    broken = compare_lm_loss(fake(base), fake(np.full(20, np.nan)))  # an adapter with NaN weights
+    assert broken["rise"] is True and broken["change"] is None and broken["wilcoxon_p"] is None
+    assert broken["n_nonfinite"] == 20 and "non-finite" in broken["reading"]
+    inf = base.copy()
+    inf[4] = np.inf
+    assert compare_lm_loss(fake(base), fake(inf))["rise"] is True
+    assert compare_lm_loss(fake(np.full(20, np.nan)), fake(base))["rise"] is False  # the base model's fault
+    some = base * 1.05
+    some[[2, 9]] = np.nan
+    got = compare_lm_loss(fake(base), {**fake(base * 1.05), "sentence_nll": some.tolist()})
+    keep = np.isfinite(some)
+    assert got["n_nonfinite"] == 2 and got["rise"] is True and "2 sentences" in got["reading"]
+    assert got["wilcoxon_p"] == pytest.approx(wilcoxon(some[keep], base[keep], alternative="greater").pvalue)
+    md = lm_loss_section({"English": broken})
+    assert "| n/a |" in md and "**rise**" in md
+    agg = aggregate_lm_loss([{"English": broken}, {"English": got}])
+    assert agg["English"]["relative_change"]["n"] == 1 and agg["English"]["nll_after"]["n"] == 1
+    assert "n/a" not in lm_loss_aggregate_section(agg)
+    assert perplexity(1000.0) == math.inf and math.isnan(perplexity(math.nan)) and perplexity(1.0) == math.e
 
 
 def test_aggregate_across_runs():

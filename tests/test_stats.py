@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from tli.eval.stats import aggregate_runs, difference_in_differences, paired_stats
+from tli.eval.stats import aggregate_runs, bootstrap_ci, difference_in_differences, paired_stats
 
 
 @pytest.fixture
@@ -163,3 +163,52 @@ def test_aggregate_runs():
     assert agg["a"]["std"] == pytest.approx(np.std([1.0, 2.0, 4.0], ddof=1))
     assert agg["b"] == {"mean": 2.0, "std": None, "n": 1}
     assert agg["c"] == {"mean": None, "std": None, "n": 0}
+
+
+# --- non-finite input (an adapter with NaN weights) ----------------------------------------------------------------
+
+
+def test_paired_stats_drops_nonfinite_pairs():
+    rng = np.random.default_rng(7)
+    b, a = rng.normal(0.3, 0.1, 20), rng.normal(0.35, 0.1, 20)
+    bad_b, bad_a = b.copy(), a.copy()
+    bad_b[3], bad_a[7], bad_a[11] = np.nan, np.inf, -np.inf
+    keep = np.ones(20, dtype=bool)
+    keep[[3, 7, 11]] = False
+    got, ref = paired_stats(bad_b, bad_a, n_boot=500), paired_stats(b[keep], a[keep], n_boot=500)
+    assert got["n"] == 17 and got["n_nonfinite"] == 3 and ref["n_nonfinite"] == 0
+    assert got["p"] == sps.ttest_rel(a[keep], b[keep]).pvalue and got["t"] == ref["t"]
+    assert got["wilcoxon_p"] == sps.wilcoxon(a[keep], b[keep]).pvalue
+    assert got["delta"] == pytest.approx((a[keep] - b[keep]).mean())
+    assert (got["delta_ci_low"], got["delta_ci_high"]) == (ref["delta_ci_low"], ref["delta_ci_high"])
+    assert "3 non-finite pairs dropped" in got["note"]
+    nan = paired_stats([np.nan] * 5, [1.0] * 5)
+    assert nan["n"] == 0 and nan["n_nonfinite"] == 5 and nan["delta"] is None and "no finite values" in nan["note"]
+
+
+def test_did_drops_nonfinite_pairs_and_reads_all_nan():
+    tb, ta, cb, ca = _did_data(0.05, 0.0, n=20, seed=8)
+    bad_ta, bad_cb = ta.copy(), cb.copy()
+    bad_ta[0], bad_cb[5] = np.nan, np.inf
+    got = difference_in_differences(tb, bad_ta, bad_cb, ca, n_boot=300)
+    d_tr, d_c = (ta - tb)[1:], np.delete(ca - cb, 5)
+    assert (got["n_train"], got["n_control"], got["n_nonfinite"]) == (19, 19, 2)
+    assert got["p"] == sps.ttest_ind(d_tr, d_c, equal_var=False).pvalue
+    assert got["did"] == pytest.approx(d_tr.mean() - d_c.mean()) and got["targeted"] is True
+    assert "2 non-finite pairs dropped" in got["reading"]
+    nan = np.full(20, np.nan)  # every trained score NaN: used to end in a TypeError formatting the CI
+    res = difference_in_differences(nan, nan, cb, ca, n_boot=300)
+    assert res["did"] is None and res["p"] is None and res["targeted"] is False and res["n_nonfinite"] == 20
+    assert "non-finite" in res["reading"]
+    inf = difference_in_differences(tb, np.full(20, np.inf), cb, np.full(20, -np.inf), n_boot=300)
+    assert inf["did"] is None and "non-finite" in inf["reading"]
+
+
+def test_bootstrap_and_aggregate_skip_nonfinite():
+    x = np.random.default_rng(3).normal(size=30)
+    with_bad = np.concatenate([x, [np.nan, np.inf, -np.inf]])
+    assert bootstrap_ci(with_bad, n_boot=300, seed=1) == bootstrap_ci(x, n_boot=300, seed=1)
+    assert bootstrap_ci(with_bad, with_bad, n_boot=300) == bootstrap_ci(x, x, n_boot=300)
+    assert bootstrap_ci([np.nan, np.nan, 1.0], n_boot=300) == (None, None)
+    agg = aggregate_runs([{"a": 1.0}, {"a": float("inf")}, {"a": 3.0}, {"a": float("-inf")}], ["a"])
+    assert agg["a"] == {"mean": 2.0, "std": pytest.approx(math.sqrt(2.0)), "n": 2}

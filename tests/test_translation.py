@@ -249,7 +249,22 @@ def test_mcnemar_against_the_binomial_by_hand():
         b, c = int((bef & ~aft).sum()), int((~bef & aft).sum())
         expected = min(1.0, 2 * stats.binom.cdf(min(b, c), b + c, 0.5))
         assert mcnemar_exact(bef, aft)["p"] == pytest.approx(expected)
-    assert mcnemar_exact([True, False], [True, False]) == {"b": 0, "c": 0, "p": 1.0}
+    assert mcnemar_exact([True, False], [True, False]) == {"b": 0, "c": 0, "p": 1.0, "n_nonfinite": 0}
+
+
+def test_translation_statistics_leave_nonfinite_words_out():
+    nan, inf = float("nan"), float("inf")
+    got = mcnemar_exact([1.0, 1.0, 0.0, nan, 0.0], [0.0, 1.0, 1.0, 1.0, inf])
+    assert got == {"b": 1, "c": 1, "p": 1.0, "n_nonfinite": 2}
+    rows = rows_for("train", [True] * 10 + [False] * 30 + [nan], [False] * 2 + [True] * 30 + [False] * 8 + [True])
+    s = summarize_translation(rows, n_boot=200)["train"]["Swahili->English"]
+    assert (s["n"], s["n_nonfinite"], s["accuracy_after"], s["mcnemar_b"], s["mcnemar_c"]) == (40, 1, 0.75, 2, 22)
+    assert all(f["source"] != "train40" for f in s["right_to_wrong"] + s["wrong_to_right"])
+    control = rows_for("control", [nan] * 5, [True] * 5)
+    c = compare_changes(rows_for("train", [False] * 5, [True] * 5), control, n_boot=200)
+    assert c["difference"] is None and c["n_nonfinite"] == 5 and "non-finite" in c["reading"]
+    assert "non-finite" in translation_section(summarize_translation(rows_for("train", [False] * 5, [True] * 5)
+                                                                     + control, n_boot=200))
 
 
 def test_bootstrap_ci_contains_the_estimate_and_is_seeded():

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tli.errors import ConfigError, DataError
+from tli.errors import DataError
 from tli.model.modes import eval_mode
 
 HELDOUT_FILES = {"english": "en", "en": "en", "eng": "en", "korean": "ko", "ko": "ko", "kor": "ko",
@@ -80,7 +80,7 @@ def heldout_sentences(lang: str) -> list[str]:
 def sentence_nll(model, tokenizer, sentences: Sequence[str], *, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(summed NLL in nats, number of scored tokens) per sentence, in input order: two (N,) arrays."""
     if batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
     ids = tokenizer(list(sentences), add_special_tokens=True)["input_ids"]
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     sums, counts = np.zeros(len(ids)), np.zeros(len(ids), dtype=np.int64)
@@ -99,12 +99,17 @@ def sentence_nll(model, tokenizer, sentences: Sequence[str], *, batch_size: int 
     return sums, counts
 
 
+def perplexity(nll: float) -> float:
+    """exp(nll), inf where it overflows (e.g. a broken adapter's huge loss) and NaN for NaN, never an error."""
+    return math.exp(nll) if nll < 700 else (math.inf if nll == nll else math.nan)
+
+
 def lm_loss(model, tokenizer, sentences: Sequence[str], *, batch_size: int = 8) -> dict[str, Any]:
     """Token-weighted mean NLL and perplexity of `sentences`, with per-sentence mean NLLs for paired tests."""
     sums, counts = sentence_nll(model, tokenizer, sentences, batch_size=batch_size)
     if counts.sum() == 0:
         raise ValueError("no token to score: every sentence is a single token")
     nll = float(sums.sum() / counts.sum())
-    return {"n_sentences": len(sentences), "n_tokens": int(counts.sum()), "nll": nll, "perplexity": math.exp(nll),
+    return {"n_sentences": len(sentences), "n_tokens": int(counts.sum()), "nll": nll, "perplexity": perplexity(nll),
             "sentence_nll": (sums / np.maximum(counts, 1)).tolist(), "sentence_tokens": counts.tolist()}
 

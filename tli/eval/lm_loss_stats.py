@@ -3,7 +3,11 @@
 
 A rise is flagged (`compare_lm_loss`) when the mean NLL grows by more than `threshold` (default 2%, relative) AND
 the per-sentence NLLs rose consistently: one-sided Wilcoxon signed-rank test (after > before), p < `alpha` (0.05).
-The first condition ignores harmless drift, the second a change carried by one or two sentences.
+The first condition ignores harmless drift, the second a change carried by one or two sentences. Non-finite values
+(NaN / inf losses, e.g. an adapter with NaN weights) never raise: sentences whose NLL is not finite before or after
+are left out of the test (`n_nonfinite`); a non-finite mean loss makes `change`, `relative_change` and `wilcoxon_p`
+None, is flagged as a rise when only the after-loss is non-finite (the adapter broke the model), and the reading
+says so.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import wilcoxon
 
-from tli.eval.stats import aggregate_runs
+from tli.eval.stats import aggregate_runs, finite_pairs
 
 AGGREGATED = ("nll_before", "nll_after", "change", "relative_change")
 
@@ -26,10 +30,23 @@ def compare_lm_loss(before: Mapping[str, Any], after: Mapping[str, Any], *, thre
     """Change of the held-out loss (after - before) and the `rise` flag (rule in the module docstring)."""
     if before["sentence_tokens"] != after["sentence_tokens"]:
         raise ValueError("before and after scored different tokens: same sentences and tokenizer are required")
-    b, a = np.asarray(before["sentence_nll"]), np.asarray(after["sentence_nll"])  # (N,), (N,)
-    change = after["nll"] - before["nll"]
-    relative = change / before["nll"] if before["nll"] > 0 else (math.inf if change > 0 else 0.0)
-    if np.all(a == b) or b.size < 2:
+    b, a = (np.asarray(x["sentence_nll"], dtype=np.float64) for x in (before, after))  # (N,), (N,)
+    (b, a), dropped = finite_pairs(b, a)
+    nll_b, nll_a = float(before["nll"]), float(after["nll"])
+    out = {"n_sentences": before["n_sentences"], "n_tokens": before["n_tokens"], "nll_before": before["nll"],
+           "nll_after": after["nll"], "change": None, "relative_change": None,
+           "perplexity_before": before["perplexity"], "perplexity_after": after["perplexity"], "wilcoxon_p": None,
+           "threshold": threshold, "alpha": alpha, "rise": False, "n_nonfinite": dropped}
+    if not (math.isfinite(nll_b) and math.isfinite(nll_a)):
+        out["rise"] = math.isfinite(nll_b)
+        culprit = "after the adapter" if out["rise"] else "before the adapter (the base model)"
+        out["reading"] = (f"NLL {nll_b:.3f} -> {nll_a:.3f} nats/token: the loss is non-finite (NaN or inf) {culprit}"
+                          + (": RISE: the adapter breaks the model on held-out text" if out["rise"] else
+                             ": no comparison is possible"))
+        return out
+    change = nll_a - nll_b
+    relative = change / nll_b if nll_b > 0 else (math.inf if change > 0 else 0.0)
+    if b.size < 2 or np.all(a == b):
         p = 1.0
     else:
         with warnings.catch_warnings():
@@ -37,13 +54,12 @@ def compare_lm_loss(before: Mapping[str, Any], after: Mapping[str, Any], *, thre
             p = float(wilcoxon(a, b, alternative="greater").pvalue)
     rise = bool(relative > threshold and p < alpha)
     verdict = "RISE: the adapter made held-out text less likely" if rise else "no material rise"
-    reading = (f"NLL {before['nll']:.3f} -> {after['nll']:.3f} nats/token ({100 * relative:+.1f}%), perplexity "
-               f"{before['perplexity']:.3g} -> {after['perplexity']:.3g}, Wilcoxon p (rise) = {p:.3g}: {verdict} "
-               f"(flagged when > {100 * threshold:g}% and p < {alpha:g})")
-    return {"n_sentences": before["n_sentences"], "n_tokens": before["n_tokens"], "nll_before": before["nll"],
-            "nll_after": after["nll"], "change": change, "relative_change": float(relative),
-            "perplexity_before": before["perplexity"], "perplexity_after": after["perplexity"], "wilcoxon_p": p,
-            "threshold": threshold, "alpha": alpha, "rise": rise, "reading": reading}
+    skipped = f", {dropped} sentences with a non-finite NLL left out of the test" if dropped else ""
+    out.update(change=change, relative_change=float(relative), wilcoxon_p=p, rise=rise)
+    out["reading"] = (f"NLL {nll_b:.3f} -> {nll_a:.3f} nats/token ({100 * relative:+.1f}%), perplexity "
+                      f"{before['perplexity']:.3g} -> {after['perplexity']:.3g}, Wilcoxon p (rise) = {p:.3g}{skipped}: "
+                      f"{verdict} (flagged when > {100 * threshold:g}% and p < {alpha:g})")
+    return out
 
 
 def aggregate_lm_loss(runs: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:

@@ -148,7 +148,8 @@ def translation_aggregate_section(
 def lm_loss_section(comparisons: Mapping[str, Mapping[str, Any]], header: str = "## Do no harm: held-out text") -> str:
     """From {language: compare_lm_loss result}: the loss before and after per language, and a warning on a rise."""
     rows = [[lang, c["n_sentences"], c["n_tokens"], f"{c['nll_before']:.3f}", f"{c['nll_after']:.3f}",
-             f"{100 * c['relative_change']:+.1f}%", f"{c['perplexity_before']:.3g} → {c['perplexity_after']:.3g}",
+             "n/a" if c["relative_change"] is None else f"{100 * c['relative_change']:+.1f}%",
+             f"{c['perplexity_before']:.3g} → {c['perplexity_after']:.3g}",
              fmt_p(c["wilcoxon_p"]), "**rise**" if c["rise"] else "ok"] for lang, c in comparisons.items()]
     lines = [header, "",
              "Mean negative log-likelihood per token (nats) of short held-out sentences, before and after the "
@@ -167,6 +168,8 @@ def lm_loss_aggregate_section(aggregate: Mapping[str, Mapping[str, Any]],
                               header: str = "### Do no harm, across runs (mean ± sd, ddof = 1)") -> str:
     """From `aggregate_lm_loss`: the loss before and after and its relative change per language, mean ± sd."""
     def cell(a: Mapping[str, Any], scale: float = 1.0, sign: str = "", digits: int = 3, unit: str = "") -> str:
+        if a["mean"] is None:
+            return "n/a"
         sd = "" if a["std"] is None else f" ± {scale * a['std']:.{digits}f}{unit}"
         return f"{scale * a['mean']:{sign}.{digits}f}{unit}{sd}"
 

@@ -5,30 +5,39 @@ Input: the rows of `tli.eval.translation.before_after_rows` (one per word, split
 CIs, the paired bootstrap CI of the change (words resampled jointly, so before, after and change share one set of
 resamples), and the exact McNemar test: a two-sided binomial test (p = 0.5) of c = wrong->right among the b + c
 discordant words (p = 1 when there are none). The trained-vs-control comparison bootstraps each split independently.
-All results are JSON-friendly dicts. The report section: `tli.eval.sections`.
+All results are JSON-friendly dicts. The report section: `tli.eval.sections`. Non-finite correctness values (NaN or
+inf where a boolean was expected) never raise: the word is left out and counted in `n_nonfinite`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from scipy.stats import binomtest
 
-from tli.eval.stats import aggregate_runs, bootstrap_ci
+from tli.eval.stats import aggregate_runs, bootstrap_ci, finite_pairs
 
 AGGREGATED = ("accuracy_before", "accuracy_after", "change")
 
 
 def mcnemar_exact(before: Sequence[bool], after: Sequence[bool]) -> dict[str, Any]:
-    """b = right->wrong, c = wrong->right and the exact two-sided McNemar p (binomial test of c in b + c at 0.5)."""
-    bef, aft = np.asarray(before, dtype=bool), np.asarray(after, dtype=bool)  # (n,), (n,)
+    """b = right->wrong, c = wrong->right and the exact two-sided McNemar p (binomial test of c in b + c at 0.5);
+    n_nonfinite words (a NaN or inf value before or after) are left out."""
+    bef, aft = (np.asarray(x, dtype=np.float64).reshape(-1) for x in (before, after))  # (n,), (n,)
     if bef.shape != aft.shape:
         raise ValueError(f"before and after must have the same length, got {bef.size} and {aft.size}")
+    (bef, aft), dropped = finite_pairs(bef, aft)
+    bef, aft = bef.astype(bool), aft.astype(bool)
     b, c = int((bef & ~aft).sum()), int((~bef & aft).sum())
     p = 1.0 if b + c == 0 else float(binomtest(c, b + c, 0.5, alternative="two-sided").pvalue)
-    return {"b": b, "c": c, "p": p}
+    return {"b": b, "c": c, "p": p, "n_nonfinite": dropped}
+
+
+def _finite_rows(rows: Sequence[dict]) -> list[dict]:
+    return [r for r in rows if math.isfinite(float(r["correct_before"])) and math.isfinite(float(r["correct_after"]))]
 
 
 def _flips(rows: Sequence[dict], was: bool) -> list[dict]:
@@ -37,7 +46,10 @@ def _flips(rows: Sequence[dict], was: bool) -> list[dict]:
 
 
 def split_stats(rows: Sequence[dict], *, n_boot: int = 10000, seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
-    """Accuracy before/after with CIs, the change with its paired CI, McNemar, and the flipped words of one cell."""
+    """Accuracy before/after with CIs, the change with its paired CI, McNemar, and the flipped words of one cell
+    (words with a non-finite value left out: n_nonfinite)."""
+    kept = _finite_rows(rows)
+    dropped, rows = len(rows) - len(kept), kept
     bef = np.array([r["correct_before"] for r in rows], dtype=np.float64)  # (n,)
     aft = np.array([r["correct_after"] for r in rows], dtype=np.float64)  # (n,)
     n = int(bef.size)
@@ -46,7 +58,7 @@ def split_stats(rows: Sequence[dict], *, n_boot: int = 10000, seed: int = 0, alp
         out[name] = float(v.mean()) if n else None
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_ci(v, n_boot=n_boot, seed=seed, alpha=alpha)
     mc = mcnemar_exact(bef.astype(bool), aft.astype(bool))
-    out.update(mcnemar_b=mc["b"], mcnemar_c=mc["c"], mcnemar_p=mc["p"])
+    out.update(mcnemar_b=mc["b"], mcnemar_c=mc["c"], mcnemar_p=mc["p"], n_nonfinite=dropped)
     out["right_to_wrong"], out["wrong_to_right"] = _flips(rows, True), _flips(rows, False)
     return out
 
@@ -56,17 +68,25 @@ def compare_changes(trained: Sequence[dict], control: Sequence[dict], *, n_boot:
     """Does the accuracy change on trained words exceed the change on control words? (difference of changes)
 
     Each split's words are resampled independently; `exceeds` is True when the whole (1 - alpha) CI of the
-    difference lies above 0. `reading` says the result in words.
+    difference lies above 0. `reading` says the result in words. Words with a non-finite value are left out
+    (n_nonfinite); when a split has none left, the statistics are None and the reading says so.
     """
-    d_tr, d_c = ([float(r["correct_after"]) - float(r["correct_before"]) for r in rows] for rows in (trained, control))
+    if not trained or not control:
+        raise ValueError(f"both splits need words, got {len(trained)} trained and {len(control)} control")
+    kept = [_finite_rows(rows) for rows in (trained, control)]
+    dropped = len(trained) + len(control) - sum(map(len, kept))
+    d_tr, d_c = ([float(r["correct_after"]) - float(r["correct_before"]) for r in rows] for rows in kept)
     n_tr, n_c = len(d_tr), len(d_c)
     if not n_tr or not n_c:
-        raise ValueError(f"both splits need words, got {n_tr} trained and {n_c} control")
+        return {"n_trained": n_tr, "n_control": n_c, "trained_change": None, "control_change": None,
+                "difference": None, "difference_ci_low": None, "difference_ci_high": None, "exceeds": False,
+                "n_nonfinite": dropped,
+                "reading": f"the correctness values were non-finite (NaN or inf; {dropped} words): no comparison"}
     m_tr, m_c = float(np.mean(d_tr)), float(np.mean(d_c))
     diff = m_tr - m_c
     out: dict[str, Any] = {"n_trained": n_tr, "n_control": n_c, "trained_change": m_tr, "control_change": m_c,
                            "difference": diff, "difference_ci_low": None, "difference_ci_high": None,
-                           "exceeds": False}
+                           "exceeds": False, "n_nonfinite": dropped}
     changes = f"trained words {m_tr:+.3f}, control words {m_c:+.3f}"
     if n_tr < 2 or n_c < 2:
         out["reading"] = f"too few words to compare ({n_tr} trained, {n_c} control); accuracy change: {changes}"
