@@ -1,12 +1,15 @@
 import random
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tli.errors import ConfigError
-from tli.model.embed import POOLINGS, Probe, embed_words
+from tli.data.lexicon import Lexicon
+from tli.errors import ConfigError, DataError
+from tli.eval.vectors import embed_split
+from tli.model.embed import POOLINGS, Probe, embed_words, tokenize_words
 from tli.model.loading import ModelSpec, load_model
 
 WORDS = ["maji", "water", "kitabu", "book", "mwalimu", "teacher", "물", "먹다", "hospitali", "kuandika", "eat"]
@@ -94,5 +97,13 @@ def test_errors(tiny_nf4):
         Probe(template="no placeholder")
     with pytest.raises(ConfigError, match=r"layers=\[0, 33\] is outside this model.s range 0..32"):
         embed_words(model, tok, WORDS, layers=[0, 33])
-    with pytest.raises(ConfigError, match="no words"):
+    with pytest.raises(ValueError, match="no words") as err:  # function arguments: not a config key
         embed_words(model, tok, [])
+    assert not isinstance(err.value, ConfigError)
+    with pytest.raises(ValueError, match="batch_size=0") as err:
+        embed_words(model, tok, WORDS, batch_size=0)
+    assert not isinstance(err.value, ConfigError)
+    with pytest.raises(DataError, match="produced no tokens of its own"):  # an empty word: a lexicon problem
+        tokenize_words(tok, [""], "Word: {word}")
+    with pytest.raises(DataError, match="the lexicon has no pairs"):
+        embed_split(model, tok, Lexicon(Path("empty.json"), [], "Swahili", "English"), Probe(), None, 8)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy.stats import wilcoxon
 
+from tli.errors import TLIError
 from tli.eval.lm_loss import heldout_sentences, lm_loss, perplexity, read_sentences, sentence_nll
 from tli.eval.lm_loss_stats import aggregate_lm_loss, compare_lm_loss
 from tli.eval.sections import lm_loss_aggregate_section, lm_loss_section
@@ -100,6 +101,13 @@ def test_rise_rule_needs_size_and_consistency():
     assert compare_lm_loss(fake(base), fake(base * 0.9))["rise"] is False  # a fall is no harm
     with pytest.raises(ValueError, match="different tokens"):
         compare_lm_loss(fake(base), fake(base, tokens=11))
+
+
+def test_batch_size_argument_is_a_value_error(tiny_nf4):
+    model, tok = tiny_nf4
+    with pytest.raises(ValueError, match="batch_size=0") as err:
+        sentence_nll(model, tok, ["Hello there."], batch_size=0)
+    assert not isinstance(err.value, TLIError)  # a function argument, not a config key
 
 
 def test_nonfinite_losses_never_raise():

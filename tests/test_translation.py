@@ -14,7 +14,7 @@ from scipy import stats
 from transformers import GenerationConfig
 
 from tli.data.lexicon import Lexicon, Pair, read_lexicon
-from tli.errors import ConfigError
+from tli.errors import ConfigError, DataError
 from tli.eval.sections import translation_section
 from tli.eval.stats import bootstrap_ci
 from tli.eval.translation import (
@@ -120,13 +120,25 @@ def test_shots_come_from_the_other_split_never_share_the_query_strings_and_are_f
 
 def test_too_few_shots_and_single_split_raise():
     train, control = lexicon([("a", "x"), ("b", "y")]), lexicon([("c", "z"), ("d", "w")])
-    with pytest.raises(ConfigError, match="only 2 shot pairs usable .* need k=3"):
+    with pytest.raises(DataError, match="only 2 shot pairs usable .* need k=3") as err:
         build_queries({"train": train, "control": control}, k=3)
-    with pytest.raises(ConfigError, match="needs shots from another split"):
+    assert not isinstance(err.value, ConfigError)  # the lexicons, not a config key (eval.shots is named by the job)
+    with pytest.raises(DataError, match="needs shots from another split"):
         build_queries({"train": train}, k=1)
     assert len(build_queries({"train": train}, k=0)) == 4  # zero-shot needs no pool
-    with pytest.raises(ConfigError, match="splits disagree on languages"):
+    with pytest.raises(DataError, match="splits disagree on languages"):
         build_queries({"train": train, "control": lexicon([("c", "z")], src="Korean")}, k=1)
+
+
+def test_function_arguments_raise_value_error_not_config_error():
+    train = lexicon([("a", "x"), ("b", "y")])
+    for call, match in ((lambda: build_queries({"train": train}, k=-1), "k=-1"),
+                        (lambda: build_queries({}, k=1), "no splits"),
+                        (lambda: build_queries({"train": train}, k=0, directions=["sideways"]), "sideways"),
+                        (lambda: generate_answers(None, None, ["x"], batch_size=0), "batch_size=0")):
+        with pytest.raises(ValueError, match=match) as err:
+            call()
+        assert not isinstance(err.value, (ConfigError, DataError))
 
 
 # --- generation ------------------------------------------------------------------------------------------------
@@ -230,8 +242,9 @@ def test_evaluate_translation_rows_and_csv_join(tiny_nf4, small_splits):
     joined = before_after_rows(rows, rows)
     assert list(joined[0]) == CSV_COLUMNS
     assert all(r["prediction_before"] == r["prediction_after"] for r in joined)
-    with pytest.raises(ConfigError, match="row mismatch"):
+    with pytest.raises(ValueError, match="row mismatch") as err:
         before_after_rows(rows, rows[::-1])
+    assert not isinstance(err.value, ConfigError)  # an internal mismatch, no user setting
 
 
 # --- statistics --------------------------------------------------------------------------------------------------

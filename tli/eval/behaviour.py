@@ -16,6 +16,7 @@ from tli.eval.tables import fmt_p
 from tli.eval.translation import (
     DIRECTIONS,
     Query,
+    ShotsError,
     before_after_rows,
     build_queries,
     direction_label,
@@ -34,7 +35,7 @@ def translation_queries(opts: EvalConfig, splits: dict, seed: int) -> list[Query
                           "training words are drawn from the control pairs and vice versa")
     try:
         return build_queries(splits, k=opts.shots, seed=seed)
-    except ConfigError as err:
+    except ShotsError as err:  # the shots setting asks for more than the lexicons allow
         raise ConfigError(f"eval.shots={opts.shots}: {err}") from err
 
 

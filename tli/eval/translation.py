@@ -14,7 +14,8 @@ same pairs. Rule for the shots of a scored split S: they come from the *other* s
 pairs as shots, control with training pairs: neither split's own words appear as examples), drawn once per split
 with a seeded generator, so every query of S sees the same shots in the same order, before and after the adapter.
 A shot that shares a (normalised) source or target string with any pair of the query's word is skipped for that
-query and the next pair of the seeded order takes its place; fewer than k usable pairs raise `ConfigError`.
+query and the next pair of the seeded order takes its place; fewer than k usable pairs raise `ShotsError`
+(a `DataError`).
 
 Scoring (`normalize_answer`): Unicode NFC, casefold, surrounding punctuation (Unicode categories P*) and whitespace
 stripped, inner whitespace collapsed, and for English one leading "the", "a", "an" or "to" dropped (on predictions
@@ -34,7 +35,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from tli.data.lexicon import Lexicon, Pair
-from tli.errors import ConfigError
+from tli.errors import DataError
 from tli.model.modes import eval_mode
 
 DIRECTIONS = ("forward", "backward")  # forward: src_lang -> tgt_lang, backward: tgt_lang -> src_lang
@@ -77,6 +78,10 @@ class Query:
         return normalize_answer(prediction, self.answer_lang) in gold
 
 
+class ShotsError(DataError):
+    """Fewer usable shot pairs than the k asked for (the lexicons are too small for that many shots)."""
+
+
 def format_prompt(shots: Sequence[tuple[str, str]], word: str, from_lang: str, to_lang: str) -> str:
     """The k-shot prompt; it ends with `"{to_lang}:"` (no space: the answer's leading space is the model's)."""
     blocks = [f"{from_lang}: {s}\n{to_lang}: {t}\n\n" for s, t in shots]
@@ -85,7 +90,7 @@ def format_prompt(shots: Sequence[tuple[str, str]], word: str, from_lang: str, t
 
 def direction_label(lexicon: Lexicon, direction: str) -> str:
     if direction not in DIRECTIONS:
-        raise ConfigError(f"direction {direction!r} is not one of {', '.join(DIRECTIONS)}")
+        raise ValueError(f"direction {direction!r} is not one of {', '.join(DIRECTIONS)}")
     langs = (lexicon.src_lang, lexicon.tgt_lang)
     return "->".join(langs if direction == "forward" else langs[::-1])
 
@@ -98,13 +103,13 @@ def build_queries(splits: Mapping[str, Lexicon], *, k: int = 5, seed: int = 0,
                   directions: Sequence[str] = DIRECTIONS) -> list[Query]:
     """One query per distinct word of each split and direction, with its shots (rule in the module docstring)."""
     if k < 0:
-        raise ConfigError(f"number of shots k={k} must be >= 0")
+        raise ValueError(f"number of shots k={k} must be >= 0")
     lexicons = list(splits.values())
     if not lexicons:
-        raise ConfigError("no splits to evaluate")
+        raise ValueError("no splits to evaluate")
     from_lang, to_lang = lexicons[0].src_lang, lexicons[0].tgt_lang
     if any((lex.src_lang, lex.tgt_lang) != (from_lang, to_lang) for lex in lexicons):
-        raise ConfigError(f"splits disagree on languages: {[(lex.src_lang, lex.tgt_lang) for lex in lexicons]}")
+        raise DataError(f"splits disagree on languages: {[(lex.src_lang, lex.tgt_lang) for lex in lexicons]}")
     all_pairs = [p for lex in lexicons for p in lex.pairs]
     queries: list[Query] = []
     for direction in directions:
@@ -118,7 +123,7 @@ def build_queries(splits: Mapping[str, Lexicon], *, k: int = 5, seed: int = 0,
         for split, lex in splits.items():
             pool = [_sides(p, direction) for name, other in splits.items() if name != split for p in other.pairs]
             if k and not pool:
-                raise ConfigError(f"split {split!r} needs shots from another split; got only {list(splits)}")
+                raise DataError(f"split {split!r} needs shots from another split; got only {list(splits)}")
             order = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
             seen: set[str] = set()
             for p in lex.pairs:
@@ -131,7 +136,7 @@ def build_queries(splits: Mapping[str, Lexicon], *, k: int = 5, seed: int = 0,
                 shots = _pick_shots(order, {fold_q(q) for q, _ in group}, {fold_a(a) for _, a in group}, k,
                                     fold_q, fold_a)
                 if len(shots) < k:
-                    raise ConfigError(
+                    raise ShotsError(
                         f"split {split!r}, {label}: only {len(shots)} shot pairs usable for {word!r} in a pool of "
                         f"{len(pool)} pairs from the other splits; need k={k}. Lower k or give larger splits.")
                 queries.append(Query(split, label, word, targets, a_lang, tuple(shots),
@@ -182,7 +187,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], *, batch_size: in
     predictions do not depend on the batch size (tested); sharing the prefix made Gemma 3 270M 3x faster.
     """
     if batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
     ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     order = sorted(range(len(ids)), key=lambda i: ids[i])  # lexicographic: shared prefixes end up adjacent
     eos = model.generation_config.eos_token_id
@@ -232,11 +237,11 @@ def evaluate_translation(model, tokenizer, queries: Sequence[Query], *, batch_si
 def before_after_rows(before: Sequence[dict], after: Sequence[dict]) -> list[dict]:
     """Join the rows of two model states (same queries, same order) into `eval/translation.csv` rows."""
     if len(before) != len(after):
-        raise ConfigError(f"before has {len(before)} rows, after {len(after)}: not the same queries")
+        raise ValueError(f"before has {len(before)} rows, after {len(after)}: not the same queries")
     rows = []
     for b, a in zip(before, after, strict=True):
         if (b["split"], b["direction"], b["source"]) != (a["split"], a["direction"], a["source"]):
-            raise ConfigError(f"row mismatch: {b['split']}/{b['direction']}/{b['source']!r} before vs "
+            raise ValueError(f"row mismatch: {b['split']}/{b['direction']}/{b['source']!r} before vs "
                                    f"{a['split']}/{a['direction']}/{a['source']!r} after")
         rows.append({"split": b["split"], "direction": b["direction"], "source": b["source"], "target": b["target"],
                      "prediction_before": b["prediction"], "prediction_after": a["prediction"],

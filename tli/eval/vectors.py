@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from tli.data.lexicon import Lexicon
-from tli.errors import ConfigError
+from tli.errors import DataError
 from tli.eval.metrics import Centring
 from tli.eval.pairs import GoldPairs
 from tli.model.embed import Probe, embed_words
@@ -31,7 +31,7 @@ def embed_split(model, tokenizer, lexicon: Lexicon, probe: Probe, layers: list[i
                 batch_size: int) -> SplitVectors:
     """Source and target words go through the model together: one forward pass per batch for all layers."""
     if len(lexicon) == 0:
-        raise ConfigError(f"{lexicon.path}: the lexicon has no pairs to scan")
+        raise DataError(f"{lexicon.path}: the lexicon has no pairs to scan")
     gold = GoldPairs.from_pairs(lexicon.sources, lexicon.targets)
     emb = embed_words(model, tokenizer, gold.src_keys + gold.tgt_keys, probe, layers=layers, batch_size=batch_size,
                       progress=f"embedding {lexicon.path.name}")

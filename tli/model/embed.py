@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from tli.console import track
-from tli.errors import ConfigError, ModelError
+from tli.errors import ConfigError, DataError, ModelError
 from tli.model.loading import check_layers, num_layers
 
 INDEXING = ("hidden-state index i as in Hugging Face output_hidden_states: 0 = token embeddings, i = output of "
@@ -92,7 +92,7 @@ def tokenize_words(tokenizer, words: Sequence[str], template: str = "{word}") ->
         end = start + len(w)
         mask = [not s and a < end and b > start for (a, b), s in zip(offsets, special, strict=True)]
         if not any(mask):
-            raise ConfigError(f"word {w!r} produced no tokens of its own inside template {template!r}")
+            raise DataError(f"word {w!r} produced no tokens of its own inside template {template!r}")
         out.append(Encoded(list(ids), mask))
     return out
 
@@ -168,9 +168,9 @@ def embed_words(
 ) -> WordEmbeddings:
     """Embed `words` at hidden-state indices `layers` (default: all, 0..L) with one forward pass per batch."""
     if batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
     if not words:
-        raise ConfigError("no words to embed")
+        raise ValueError("no words to embed")
     if layers is not None:
         check_layers(layers, num_layers(decoder_of(model).config), "layers")
     probe = probe or Probe()
