@@ -19,7 +19,9 @@ from tli.eval.sections import translation_section
 from tli.eval.stats import bootstrap_ci
 from tli.eval.translation import (
     CSV_COLUMNS,
+    Query,
     StopAtNewline,
+    answer_key,
     before_after_rows,
     build_queries,
     evaluate_translation,
@@ -69,6 +71,23 @@ def test_korean_is_untouched_except_whitespace_and_punctuation():
     assert normalize_answer("고양 이", "Korean") == "고양 이"  # inner space kept (collapsed only)
     assert normalize_answer(unicodedata.normalize("NFD", "고양이"), "Korean") == "고양이"
     assert normalize_answer("the 고양이", "Korean") == "the 고양이"  # articles only for English answers
+
+
+def test_a_punctuation_only_gold_is_not_matched_by_an_empty_answer():
+    q = Query("train", "Swahili->English", "alama", ("?!",), "English", (), "")
+    assert normalize_answer("?!", "English") == ""  # what used to make "" (and ".", "!!") score correct
+    for empty in ("", "   ", ".", "!!", "the"):
+        assert not q.correct(empty), empty
+    assert q.correct("?!") and q.correct(" ?! ") and not q.correct("?")
+    assert not Query("train", "Swahili->English", "x", ("  ",), "English", (), "").correct("")  # blank gold
+    mixed = Query("train", "Swahili->English", "x", ("...", "dog"), "English", (), "")
+    assert mixed.correct("The dog.") and mixed.correct("...") and not mixed.correct("")
+    assert answer_key("The Dog.", "English") == "dog" and answer_key("¿?", "English") == "¿?"
+    # two punctuation-only words are different words when shots are drawn (both used to fold to "" and collide)
+    train, control = lexicon([("a", "?!"), ("e", "z")]), lexicon([("b", "..."), ("c", "x")])
+    got = build_queries({"train": train, "control": control}, k=2, seed=0)
+    first = next(q for q in got if (q.split, q.direction, q.source) == ("train", "Swahili->English", "a"))
+    assert sorted(first.shots) == [("b", "..."), ("c", "x")]
 
 
 def test_any_listed_translation_counts():

@@ -19,7 +19,9 @@ query and the next pair of the seeded order takes its place; fewer than k usable
 
 Scoring (`normalize_answer`): Unicode NFC, casefold, surrounding punctuation (Unicode categories P*) and whitespace
 stripped, inner whitespace collapsed, and for English one leading "the", "a", "an" or "to" dropped (on predictions
-and gold alike). A word listed with several translations (the same string in several pairs of any split) is one
+and gold alike). A string made only of punctuation (and spaces) would normalise to "" and so match an empty
+answer; such strings are compared by their NFC, casefolded, space-collapsed text instead (`answer_key`), and an
+empty key never matches. A word listed with several translations (the same string in several pairs of any split) is one
 query; any of its translations counts as correct. The prediction is the generated text up to the first newline.
 """
 
@@ -61,6 +63,12 @@ def normalize_answer(text: str, lang: str) -> str:
     return text
 
 
+def answer_key(text: str, lang: str) -> str:
+    """What `Query.correct` compares: `normalize_answer`, or, where that leaves nothing (the text is only punctuation
+    and spaces), the NFC, casefolded, space-collapsed text itself; "" only for a blank text."""
+    return normalize_answer(text, lang) or " ".join(unicodedata.normalize("NFC", text).casefold().split())
+
+
 @dataclass(frozen=True)
 class Query:
     """One word to translate: where it comes from, its listed translations and the full prompt."""
@@ -74,8 +82,8 @@ class Query:
     prompt: str
 
     def correct(self, prediction: str) -> bool:
-        gold = {normalize_answer(t, self.answer_lang) for t in self.targets}
-        return normalize_answer(prediction, self.answer_lang) in gold
+        gold = {answer_key(t, self.answer_lang) for t in self.targets} - {""}  # a blank gold matches nothing
+        return answer_key(prediction, self.answer_lang) in gold
 
 
 class ShotsError(DataError):
@@ -115,7 +123,7 @@ def build_queries(splits: Mapping[str, Lexicon], *, k: int = 5, seed: int = 0,
     for direction in directions:
         label = direction_label(lexicons[0], direction)
         q_lang, a_lang = (from_lang, to_lang) if direction == "forward" else (to_lang, from_lang)
-        fold_q, fold_a = partial(normalize_answer, lang=q_lang), partial(normalize_answer, lang=a_lang)
+        fold_q, fold_a = partial(answer_key, lang=q_lang), partial(answer_key, lang=a_lang)
         groups: dict[str, list[tuple[str, str]]] = {}  # folded query word -> (word, answer) of every pair, any split
         for p in all_pairs:
             q, a = _sides(p, direction)
