@@ -205,12 +205,17 @@ def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path, tin
     split): five global batches of 8 and a last one of 3, which DDP splits 2 + 1; then one validation (5 pairs, on
     every process). The DDP run stops after 4 steps and resumes from its last checkpoint (finite max_epochs: the path
     where Lightning drops the loader state, see PairDataModule)."""
-    single_loss, single, _ = _train(tmp_path / "single", tiny_dir, small_lexicons, "data.batch_size=8")
-    ddp = ["trainer=ddp", "trainer.devices=2", "data.batch_size=4", "callbacks.every_n_train_steps=1"]
+    # A constant learning rate: the DDP run's stop (max_steps=4) and its resume with the full length (a change of
+    # trainer.max_steps, allowed) then follow the single run's schedule step for step.
+    single_loss, single, _ = _train(tmp_path / "single", tiny_dir, small_lexicons, "data.batch_size=8",
+                                    "optim.scheduler=constant")
+    ddp = ["trainer=ddp", "trainer.devices=2", "data.batch_size=4", "callbacks.every_n_train_steps=1",
+           "optim.scheduler=constant"]
     ddp_loss, _, log = _train(tmp_path / "ddp", tiny_dir, small_lexicons, *ddp, "trainer.max_steps=4")
     assert "All distributed processes registered. Starting with 2 processes" in log
     assert "loss.gather is off" not in log
-    resumed_loss, resumed, log = _train(tmp_path / "ddp", tiny_dir, small_lexicons, *ddp, "ckpt_path=last")
+    resumed_loss, resumed, log = _train(tmp_path / "ddp", tiny_dir, small_lexicons, *ddp, "ckpt_path=last",
+                                        "train.allow_changes=true")
     assert "Restored all states from the checkpoint" in log
     assert sorted(single_loss) == list(range(6)) and sorted(ddp_loss) == list(range(4))
     assert sorted(resumed_loss) == list(range(6))  # the resumed run keeps the history logged before the stop
