@@ -172,8 +172,9 @@ def read_rows(path):
 
 @pytest.fixture(scope="module")
 def two_runs(trained, tmp_path_factory, tiny_dir, small_lexicons):
-    """Both adapters evaluated together, with few-shot translation: (summary, translation.csv rows, output dir,
-    the model paths `AutoModelForCausalLM.from_pretrained` was called with)."""
+    """Both adapters evaluated together, with few-shot translation, behaviour in NF4 like the representations:
+    (summary, translation.csv rows, output dir, the model paths `AutoModelForCausalLM.from_pretrained` was called
+    with)."""
     from transformers import AutoModelForCausalLM
 
     out = tmp_path_factory.mktemp("two_runs")
@@ -187,7 +188,8 @@ def two_runs(trained, tmp_path_factory, tiny_dir, small_lexicons):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(counting))
         summary = evaluate_job(compose("evaluate", [*job_overrides(out, tiny_dir, small_lexicons), "eval.n_boot=500",
-                                                    f"adapter=[{trained[0]},{trained[1]}]", "eval.translation=true"]))
+                                                    f"adapter=[{trained[0]},{trained[1]}]", "eval.translation=true",
+                                                    "eval.behaviour_quantization=nf4"]))
     return summary, read_rows(out / "eval" / "translation.csv"), out, calls
 
 
@@ -333,3 +335,28 @@ def test_bad_behaviour_settings_fail_before_any_weights_load(trained, eval_cfg, 
     with pytest.raises(DataError, match=r"eval.heldout_src: .*empty.txt: contains no sentences"):
         run(f"eval.heldout_src={tmp_path / 'empty.txt'}")
     assert calls == [] and not (tmp_path / "eval").exists()
+
+
+def test_behaviour_is_scored_in_full_precision_by_default(trained, eval_cfg, tiny_dir, tmp_path, monkeypatch):
+    """eval.behaviour_quantization=none (default): the held-out loss "before" is the full-precision base model's, not
+    the NF4 model's the representations use; the base loads once per precision; the report says which."""
+    from transformers import AutoModelForCausalLM
+
+    from tli.eval.lm_loss import heldout_sentences, lm_loss
+    from tli.model.loading import ModelSpec, load_model
+
+    calls = []
+    real = AutoModelForCausalLM.from_pretrained.__func__
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: calls.append(a[0]) or real(cls, *a, **k)))
+    summary = evaluate_job(eval_cfg(f"adapter={trained[0]}", "eval.layers=[32]"))
+    monkeypatch.undo()
+    assert len(calls) == 2 and summary["settings"]["behaviour_quantization"] == "none"
+    sentences = heldout_sentences("English")
+    full, tok = load_model(ModelSpec(name_or_path=str(tiny_dir), quantization="none"), device="cpu")
+    nf4, _ = load_model(ModelSpec(name_or_path=str(tiny_dir)), device="cpu")
+    got = summary["runs"]["run"]["lm_loss"]["English"]["nll_before"]
+    assert got == pytest.approx(lm_loss(full, tok, sentences)["nll"], rel=1e-6)
+    assert got != pytest.approx(lm_loss(nf4, tok, sentences)["nll"], rel=1e-6)
+    assert "scored with the base model in quantization none (full precision)" in \
+        (tmp_path / "eval" / "report.md").read_text()

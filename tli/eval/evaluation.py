@@ -26,6 +26,7 @@ from tli.eval.stats import aggregate_runs, difference_in_differences, paired_sta
 from tli.eval.tables import fmt_p
 from tli.eval.translation_stats import aggregate_translation
 from tli.eval.vectors import SplitVectors, layer_cells
+from tli.model.loading import QUANTIZATIONS
 
 VARIANTS = ("raw", "centred")
 
@@ -46,6 +47,10 @@ class EvalConfig:
     lm_loss: bool = True
     heldout_src: str | None = None  # UTF-8 file, one sentence per line (null: the bundled sample of data.src_lang)
     heldout_tgt: str | None = None  # the same for data.tgt_lang
+    # The precision translation and the LM loss are scored in: one a user would generate in (default: none, i.e. full
+    # precision; the adapters, trained on the quantized base, are applied on top). The representation figures stay
+    # in model.quantization, the precision the adapters were trained in.
+    behaviour_quantization: str = "none"
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -59,6 +64,9 @@ class EvalConfig:
             raise ConfigError(f"eval.max_new_tokens={self.max_new_tokens} must be >= 1")
         if self.generation_batch_size < 1:
             raise ConfigError(f"eval.generation_batch_size={self.generation_batch_size} must be >= 1")
+        if self.behaviour_quantization not in QUANTIZATIONS:
+            raise ConfigError(f"eval.behaviour_quantization={self.behaviour_quantization!r} is not one of "
+                              f"{', '.join(QUANTIZATIONS)}")
 
 
 def layer_scores(vectors: dict[str, SplitVectors], layers: list[int], options: MetricsConfig) -> dict:

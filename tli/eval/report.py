@@ -32,6 +32,11 @@ def render(summary: dict) -> str:
         f"training. Pool-matched retrieval: pools of {s['metrics']['pool_size']} pairs, so train and control compare. "
         f"Bootstrap: {s['n_boot']} resamples, seed {s['seed']}.", "",
     ]
+    if s.get("translation") or s.get("lm_loss"):
+        q = s.get("behaviour_quantization", s["quantization"])
+        lines += [f"Behaviour (translation, held-out text) is scored with the base model in quantization {q}"
+                  + (" (full precision)" if q == "none" else "") + ", the adapters applied on top; the representation "
+                  f"figures in {s['quantization']}, the precision the adapters were trained in.", ""]
     t = s.get("translation")
     if t:
         lines += [f"Few-shot word translation: {t['shots']} shots per prompt drawn (seed {t['shot_seed']}) from the "

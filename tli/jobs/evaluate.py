@@ -27,7 +27,7 @@ split (`tli.eval.translation.CSV_COLUMNS`), with a leading `run` column when sev
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,8 @@ class EvalPlan:
 
     cfg: Any
     out: Path  # <run dir>/eval
-    spec: ModelSpec
+    spec: ModelSpec  # the base model as the adapters were trained on it (representations)
+    behaviour_spec: ModelSpec  # the same weights in eval.behaviour_quantization (translation, LM loss)
     lexicons: AuditResult
     adapters: OpenedAdapters  # read and checked against the base model
     probe: Probe  # the adapters' probe
@@ -108,26 +109,32 @@ def plan(cfg, reported: set | None = None) -> EvalPlan:
     _, config = load_config(spec)
     n_layers = num_layers(config)
     layers = check_layers(cfg.eval.layers or [adapters.probe.target_layer, n_layers], n_layers, "eval.layers")
-    return EvalPlan(cfg, Path(cfg.paths.output_dir) / "eval", spec, lexicons, adapters, adapters.probe, splits,
-                    queries, heldout, n_layers, layers)
+    behaviour_spec = replace(spec, quantization=cfg.eval.behaviour_quantization)
+    return EvalPlan(cfg, Path(cfg.paths.output_dir) / "eval", spec, behaviour_spec, lexicons, adapters,
+                    adapters.probe, splits, queries, heldout, n_layers, layers)
 
 
 def measure(plan: EvalPlan) -> Measured:
     """Load the base model once; measure it ("before"), then attach each adapter in turn to the same model."""
     cfg, probe, splits, layers, n_layers = plan.cfg, plan.probe, plan.splits, plan.layers, plan.n_layers
     base, tokenizer = load_model(plan.spec)
+    # Behaviour in the precision a user generates in (eval.behaviour_quantization): a second copy of the base where
+    # that differs from the precision the adapters were trained in, each adapter attached to both.
+    behaves = bool(plan.queries or plan.heldout)
+    speaker = base if not behaves or plan.behaviour_spec == plan.spec else load_model(plan.behaviour_spec)[0]
     bs = cfg.eval.batch_size
     before = {s: embed_split(base, tokenizer, lex, probe, None, bs) for s, lex in splits.items()}
     before_scores = layer_scores(before, layers, cfg.metrics)
-    behaviour_before = behaviour(base, tokenizer, plan.queries, plan.heldout, cfg.eval)
-    found, model = Measured({}, [], [], {}, {}), base
+    behaviour_before = behaviour(speaker, tokenizer, plan.queries, plan.heldout, cfg.eval)
+    found, model, shared = Measured({}, [], [], {}, {}), base, speaker is base
     for name, adapter in zip(plan.adapters.names(), plan.adapters.paths, strict=True):
         model = attach(model, adapter, name)
+        speaker = model if shared else attach(speaker, adapter, name)
         after = {s: embed_split(model, tokenizer, lex, probe, None, bs) for s, lex in splits.items()}
         after_scores = layer_scores(after, layers, cfg.metrics)
         run = {"adapter": adapter, **evaluate_run(before_scores, after_scores, layers, cfg.eval.n_boot, cfg.seed)}
         found.pair_rows += pair_rows(name, splits, before_scores, after_scores, layers)
-        compared, csv_rows = compare_behaviour(behaviour_before, behaviour(model, tokenizer, plan.queries,
+        compared, csv_rows = compare_behaviour(behaviour_before, behaviour(speaker, tokenizer, plan.queries,
                                                                            plan.heldout, cfg.eval),
                                                cfg.eval.n_boot, cfg.seed)
         found.runs[name] = {**run, **compared}
@@ -147,7 +154,7 @@ def write_outputs(plan: EvalPlan, found: Measured) -> dict:
     summary = {
         "settings": {**provenance(cfg, plan.lexicons), "pooling": probe.pooling, "template": probe.template,
                      "adapters": plan.adapters.paths, "target_layer": probe.target_layer, "layers": plan.layers,
-                     "n_boot": cfg.eval.n_boot,
+                     "n_boot": cfg.eval.n_boot, "behaviour_quantization": plan.behaviour_spec.quantization,
                      "translation": translation_settings(cfg.eval, plan.queries, plan.lexicons.train, cfg.seed),
                      "lm_loss": {lang: {"file": h["file"], "sha256": h["sha256"], "sentences": len(h["sentences"])}
                                  for lang, h in plan.heldout.items()} or None},

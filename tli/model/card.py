@@ -36,6 +36,7 @@ class AdapterCard:
     loss: dict = field(default_factory=dict)  # the loss's settings (name and options)
     preserve: dict = field(default_factory=dict)  # behaviour-preserving terms and their weights (none yet)
     lexicons: dict = field(default_factory=dict)  # split -> {file, sha256, pairs, ...} (AuditResult.info())
+    split: dict = field(default_factory=dict)  # which training pairs it saw: crossfit K, fold, derange, val_fraction
     src_field: str = "source"
     tgt_field: str = "target"
     metrics: dict = field(default_factory=dict)  # metrics.* the run was scored with
@@ -62,7 +63,7 @@ class AdapterCard:
         move, the version and the record of past changes excluded; lexicons compared by content."""
         return {"base_model": self.base_model, "revision": self.revision, "quantization": self.quantization,
                 "probe": self.probe.settings(), "lora": self.lora, "loss": self.loss, "preserve": self.preserve,
-                "lexicons": {s: info.get("sha256") for s, info in self.lexicons.items()},
+                "lexicons": {s: info.get("sha256") for s, info in self.lexicons.items()}, "split": self.split,
                 "fields": [self.src_field, self.tgt_field], "metrics": self.metrics, "seed": self.seed}
 
     def to_dict(self) -> dict:
