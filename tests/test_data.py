@@ -307,3 +307,64 @@ def test_a_split_needs_two_pairs(tmp_path):
                                                                                   leaked_word="ignore"))
     with pytest.raises(DataError, match=r"c.json: the control set has 1 pair\(s\) after the audit; .* at least 2"):
         load_lexicons(cfg)
+
+
+# ---- cross-fitting and the deranged null (tli.data.crossfit) in the data module ---------------------------------
+
+
+@pytest.mark.parametrize("fold", [0, 2])
+def test_datamodule_crossfit_never_serves_the_held_out_fold(data_cfg, tokenizer, fold):
+    from tli.data.crossfit import fold_split
+
+    cfg = data_cfg(batch_size=4, val_fraction=0.25, crossfit=3, fold=fold)
+    dm = PairDataModule(cfg, tokenizer, seed=7)
+    dm.setup("fit")
+    kept, heldout = fold_split(dm.lexicons.train, 3, fold, 7)
+    assert [(p.source, p.target) for p in dm.heldout_pairs] == [(p.source, p.target) for p in heldout]
+    held_words = {p.source for p in heldout} | {p.target for p in heldout}
+    assert heldout and held_words
+    train_seen = [p for batch in dm.train_dataloader() for p in decode_pairs(batch, tokenizer)]
+    val_seen = [p for batch in dm.val_dataloader() for p in decode_pairs(batch, tokenizer)]
+    assert val_seen  # validation is carved from the other folds
+    # every kept pair is served exactly once in training or validation; no held-out word is served at all
+    assert Counter(train_seen) + Counter(val_seen) == Counter((p.source, p.target) for p in kept)
+    assert not {w for pair in train_seen + val_seen for w in pair} & held_words
+    # nor tokenised, nor used for the centring statistics
+    assert not (set(dm.src_words) | set(dm.tgt_words)) & held_words
+    centring = {(dm.src_words if is_src else dm.tgt_words)[i] for is_src, i in dm.train_words}
+    assert centring == {w for pair in train_seen for w in pair}
+
+
+def test_datamodule_crossfit_folds_partition_the_lexicon(data_cfg, tokenizer):
+    held = []
+    for fold in range(4):
+        dm = PairDataModule(data_cfg(batch_size=4, val_fraction=0.0, crossfit=4, fold=fold), tokenizer, seed=1)
+        dm.setup("fit")
+        held += [(p.source, p.target) for p in dm.heldout_pairs]
+        assert len(dm.train_set) + len(dm.heldout_pairs) == len(TRAIN)
+    assert Counter(held) == Counter(TRAIN)  # each pair held out by exactly one of the K runs
+
+
+@pytest.mark.parametrize(("options", "key"), [({"crossfit": 1}, "data.crossfit"), ({"crossfit": -2}, "data.crossfit"),
+                                              ({"crossfit": 3, "fold": 3}, "data.fold"),
+                                              ({"crossfit": 3, "fold": -1}, "data.fold"), ({"fold": 1}, "data.fold")])
+def test_crossfit_settings_are_validated(data_cfg, options, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        data_cfg(**options)
+
+
+def test_datamodule_derange_trains_on_deranged_pairs_and_validates_on_true_ones(data_cfg, tokenizer):
+    true = set(TRAIN)
+    plain = PairDataModule(data_cfg(batch_size=4, val_fraction=0.25), tokenizer, seed=3)
+    null = PairDataModule(data_cfg(batch_size=4, val_fraction=0.25, derange=True), tokenizer, seed=3)
+    plain.setup("fit")
+    null.setup("fit")
+    train_seen = [p for batch in null.train_dataloader() for p in decode_pairs(batch, tokenizer)]
+    plain_train = [(p.source, p.target) for p in plain.train_pairs]
+    assert not set(train_seen) & true  # no training pair is a true translation
+    assert Counter(s for s, _ in train_seen) == Counter(s for s, _ in plain_train)  # same words, same counts
+    assert Counter(t for _, t in train_seen) == Counter(t for _, t in plain_train)
+    assert len(train_seen) == len(plain_train)
+    val_seen = [p for batch in null.val_dataloader() for p in decode_pairs(batch, tokenizer)]
+    assert Counter(val_seen) == Counter((p.source, p.target) for p in plain.val_pairs)  # true, and the same split
+    assert set(val_seen) <= true

@@ -29,6 +29,9 @@ class DataConfig:
     batch_size: int = 16  # pairs per training batch and per process (>= 2: in-batch negatives)
     val_fraction: float = 0.1  # validation pairs carved from the training lexicon by seed
     num_workers: int = 0
+    crossfit: int = 0  # K folds of the training lexicon (tli.data.crossfit); 0: off. Trains on all folds but one
+    fold: int = 0  # with crossfit: the held-out fold (never trained on nor validated on), 0..K-1
+    derange: bool = False  # the matched null: training targets permuted by a seeded derangement (validation: true)
 
     def __post_init__(self):
         if self.src_field == self.tgt_field:
@@ -42,6 +45,12 @@ class DataConfig:
             raise ConfigError(f"data.max_word_chars={self.max_word_chars} must be >= 1")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
+        if self.crossfit == 1 or self.crossfit < 0:
+            raise ConfigError(f"data.crossfit={self.crossfit} must be 0 (off) or a number of folds >= 2")
+        if self.crossfit and not 0 <= self.fold < self.crossfit:
+            raise ConfigError(f"data.fold={self.fold} must be in [0, data.crossfit={self.crossfit})")
+        if not self.crossfit and self.fold != 0:
+            raise ConfigError(f"data.fold={self.fold} needs cross-fitting: set data.crossfit (the number of folds)")
 
 
 __all__ = ["MIN_PAIRS", "AuditConfig", "DataConfig", "load_lexicons"]  # AuditConfig: tli.data.audit's

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tli.data.audit import AuditResult, format_audit
 from tli.data.config import DataConfig, load_lexicons
+from tli.data.crossfit import derange, fold_split
 from tli.data.lexicon import Lexicon, Pair
 from tli.data.sampling import ResumableLoader, UniqueBatchSampler
 from tli.errors import ConfigError, DataError
@@ -54,16 +55,30 @@ class PairCollator:
         }
 
 
-def split_validation(lexicon: Lexicon, fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+def split_validation(lexicon: Lexicon | list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
     """Carve a validation split from the training pairs by seed; all pairs of one source word stay together."""
     if not 0 <= fraction < 1:
         raise ConfigError(f"data.val_fraction={fraction} must be in [0, 1)")
-    sources = sorted({p.source for p in lexicon.pairs})
+    pairs = lexicon.pairs if isinstance(lexicon, Lexicon) else list(lexicon)
+    sources = sorted({p.source for p in pairs})
     random.Random(seed).shuffle(sources)
     val_sources = set(sources[: round(fraction * len(sources))])
-    train = [p for p in lexicon.pairs if p.source not in val_sources]
-    val = [p for p in lexicon.pairs if p.source in val_sources]
+    train = [p for p in pairs if p.source not in val_sources]
+    val = [p for p in pairs if p.source in val_sources]
     return train, val
+
+
+def split_pairs(lexicon: Lexicon, data: DataConfig, seed: int) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """(training pairs, validation pairs, held-out pairs) of a run: with `data.crossfit` the held-out fold is cut
+    first (tli.data.crossfit.fold_split) and validation is carved from the other folds; with `data.derange` the
+    training pairs (never the validation pairs) then get deranged targets."""
+    kept, heldout = (fold_split(lexicon, data.crossfit, data.fold, seed) if data.crossfit else (lexicon.pairs, []))
+    train, val = split_validation(kept, data.val_fraction, seed)
+    if data.derange:
+        if len(train) < 2:
+            raise DataError(f"{lexicon.path}: data.derange needs at least 2 training pairs, got {len(train)}")
+        train = derange(train, seed)
+    return train, val, heldout
 
 
 class WordCollator:
@@ -98,9 +113,17 @@ class PairDataModule(L.LightningDataModule):
         if self.lexicons is None:
             self.lexicons = load_lexicons(self.data_cfg, tokenizer=self.tokenizer, reported=reported)
             print(format_audit(self.lexicons))
-            train, val = split_validation(self.lexicons.train, self.val_fraction, self.seed)
+            train, val, heldout = split_pairs(self.lexicons.train, self.data_cfg, self.seed)
             where = f"{self.lexicons.train.path} ({len(self.lexicons.train)} pairs) with data.val_fraction=" \
                     f"{self.val_fraction}"
+            if self.data_cfg.crossfit:
+                where += f", fold {self.data_cfg.fold} of data.crossfit={self.data_cfg.crossfit} held out " \
+                         f"({len(heldout)} pairs)"
+                log.info("cross-fitting: %d training, %d validation pairs; fold %d of %d held out (%d pairs)",
+                         len(train), len(val), self.data_cfg.fold, self.data_cfg.crossfit, len(heldout))
+            if self.data_cfg.derange:
+                log.info("data.derange: the %d training pairs' targets are deranged (the matched null); validation "
+                         "pairs stay true", len(train))
             if len(train) < 2:
                 raise DataError(f"{where} leaves {len(train)} training pair(s); in-batch negatives need at least 2")
             if self.val_fraction > 0 and len(val) < MIN_VAL_PAIRS:
@@ -116,10 +139,12 @@ class PairDataModule(L.LightningDataModule):
         if hasattr(self, "train_set"):
             return
         lex = self.prepare_lexicons()
-        train_pairs, val_pairs = split_validation(lex.train, self.val_fraction, self.seed)
-        self.val_pairs = val_pairs
-        src_words = sorted({p.source for p in lex.train.pairs})
-        tgt_words = sorted({p.target for p in lex.train.pairs})
+        train_pairs, val_pairs, heldout = split_pairs(lex.train, self.data_cfg, self.seed)
+        self.train_pairs, self.val_pairs, self.heldout_pairs = train_pairs, val_pairs, heldout
+        # only the words of the pairs served: a held-out fold's words are not even tokenised
+        src_words = sorted({p.source for p in train_pairs + val_pairs})
+        tgt_words = sorted({p.target for p in train_pairs + val_pairs})
+        self.src_words, self.tgt_words = src_words, tgt_words  # what the word ids in batches index
         src_index = {w: i for i, w in enumerate(src_words)}
         tgt_index = {w: i for i, w in enumerate(tgt_words)}
         src_enc, tgt_enc = (tokenize_words(self.tokenizer, words, self.template) for words in (src_words, tgt_words))
