@@ -89,30 +89,62 @@ class SweepSummary(_HydraCallback):
                   + (f", {failed} failed)" if failed else ")"))
 
 
+def _adapter_jobs(sweep_dir: Path) -> list[Path]:
+    return sorted((p.parent.parent for p in sweep_dir.glob("*/adapter/tli_adapter.json")),
+                  key=lambda p: (len(p.name), p.name))
+
+
+def _evaluate_sweep(config, jobs: list[Path], layers, n_boot: int, seed: int | None = None) -> None:
+    """One evaluation job, on the sweep's settings, of all the jobs' adapters into <sweep dir>/eval/."""
+    from omegaconf import OmegaConf
+
+    from tli.config import TLIConfig, to_typed
+    from tli.jobs.evaluate import evaluate_job
+
+    data = OmegaConf.to_container(config, resolve=False)
+    data.pop("hydra", None)
+    data.update(adapter=[str(j / "adapter") for j in jobs])
+    if seed is not None:
+        data["seed"] = seed
+    data["paths"]["output_dir"] = str(config.hydra.sweep.dir)
+    data["logger"]["type"] = "none"
+    data["eval"].update(layers=layers, n_boot=n_boot)
+    evaluate_job(to_typed(OmegaConf.merge(OmegaConf.structured(TLIConfig), data)))
+
+
 class SeedReport(_HydraCallback):
     """Hydra callback (multiseed=...): after the seeds' jobs, evaluate all their adapters on one base model and write
-    the report across seeds into <sweep dir>/eval/ (mean and standard deviation, trained vs control)."""
+    the report across seeds into <sweep dir>/eval/ (mean and standard deviation, trained vs control). With
+    cross-fitting (crossfit=..., whose CrossfitReport evaluates every adapter) it does nothing."""
 
     def __init__(self, layers=None, n_boot: int = 10000):
         self.layers, self.n_boot = layers, n_boot
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from omegaconf import OmegaConf
-
-        from tli.config import TLIConfig, to_typed
-        from tli.jobs.evaluate import evaluate_job
-
+        if config.data.get("crossfit") and "crossfit_report" in config.hydra.callbacks:
+            return
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = sorted((p.parent.parent for p in sweep_dir.glob("*/adapter/tli_adapter.json")),
-                      key=lambda p: (len(p.name), p.name))
+        jobs = _adapter_jobs(sweep_dir)
         if not jobs:
             print(f"seed report: no adapters under {sweep_dir}")
             return
-        data = OmegaConf.to_container(config, resolve=False)
-        data.pop("hydra", None)
-        data.update(seed=0, adapter=[str(j / "adapter") for j in jobs])
-        data["paths"]["output_dir"] = str(sweep_dir)
-        data["logger"]["type"] = "none"
-        data["eval"].update(layers=self.layers, n_boot=self.n_boot)
-        evaluate_job(to_typed(OmegaConf.merge(OmegaConf.structured(TLIConfig), data)))
+        _evaluate_sweep(config, jobs, self.layers, self.n_boot, seed=0)
         print(f"seed report: {sweep_dir / 'eval' / 'report.md'} ({len(jobs)} runs)")
+
+
+class CrossfitReport(_HydraCallback):
+    """Hydra callback (crossfit=...): after the folds' jobs (K folds, times any seeds), evaluate all their adapters
+    in one job into <sweep dir>/eval/; the evaluation scores each held-out pair by the adapter(s) that never saw it
+    (the fold each adapter held out is on its card: tli.data.crossfit.fold_split recovers the pairs)."""
+
+    def __init__(self, layers=None, n_boot: int = 10000):
+        self.layers, self.n_boot = layers, n_boot
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = _adapter_jobs(sweep_dir)
+        if not jobs:
+            print(f"cross-fitting report: no adapters under {sweep_dir}")
+            return
+        _evaluate_sweep(config, jobs, self.layers, self.n_boot)
+        print(f"cross-fitting report: {sweep_dir / 'eval' / 'report.md'} ({len(jobs)} runs)")
