@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tli.data.audit import AuditResult
 from tli.data.config import load_lexicons
+from tli.errors import AdapterError
 from tli.eval.behaviour import (
     behaviour,
     behaviour_lines,
@@ -44,9 +46,10 @@ from tli.eval.behaviour import (
 )
 from tli.eval.evaluation import aggregate_all, curves, evaluate_run, layer_scores, pair_rows
 from tli.eval.plots import plot_before_after, plot_scatter
+from tli.eval.pooled import heldout_words, is_unseen, pooled_translation
 from tli.eval.report import write_report
 from tli.eval.tables import print_table, write_csv
-from tli.eval.translation import CSV_COLUMNS, Query
+from tli.eval.translation import CSV_COLUMNS, Query, direction_label
 from tli.eval.vectors import embed_split
 from tli.io import atomic_write_json
 from tli.jobs.common import provenance, run_dir_lock
@@ -74,6 +77,8 @@ class EvalPlan:
     heldout: dict  # language -> held-out sentences ({} unless eval.lm_loss)
     n_layers: int
     layers: list[int]  # reported hidden-state indices
+    unseen: list[dict]  # per adapter: the held-out fold's words by direction ({} unless cross-fitted)
+    forward: str  # the forward direction's label, e.g. "Korean->English"
 
 
 @dataclass
@@ -109,9 +114,19 @@ def plan(cfg, reported: set | None = None) -> EvalPlan:
     _, config = load_config(spec)
     n_layers = num_layers(config)
     layers = check_layers(cfg.eval.layers or [adapters.probe.target_layer, n_layers], n_layers, "eval.layers")
+    unseen = [heldout_words(lexicons.train, card.split, card.seed) for card in adapters.cards]
+    if any(unseen) and not all(unseen):
+        raise AdapterError("cross-fitted adapters (data.crossfit) and others in one evaluation: evaluate them "
+                           "separately (the cross-fitted ones score only the words they never saw)")
+    train_sha = lexicons.info()["train"]["sha256"]
+    for path, card, words in zip(adapters.paths, adapters.cards, unseen, strict=True):
+        if words and card.lexicons.get("train", {}).get("sha256") != train_sha:
+            raise AdapterError(f"adapter {path!r} was cross-fitted on another training lexicon: its held-out fold "
+                               f"cannot be recovered from {lexicons.train.path}")
     behaviour_spec = replace(spec, quantization=cfg.eval.behaviour_quantization)
     return EvalPlan(cfg, Path(cfg.paths.output_dir) / "eval", spec, behaviour_spec, lexicons, adapters,
-                    adapters.probe, splits, queries, heldout, n_layers, layers)
+                    adapters.probe, splits, queries, heldout, n_layers, layers, unseen,
+                    direction_label(lexicons.train, "forward"))
 
 
 def measure(plan: EvalPlan) -> Measured:
@@ -127,16 +142,25 @@ def measure(plan: EvalPlan) -> Measured:
     before_scores = layer_scores(before, layers, cfg.metrics)
     behaviour_before = behaviour(speaker, tokenizer, plan.queries, plan.heldout, cfg.eval)
     found, model, shared = Measured({}, [], [], {}, {}), base, speaker is base
-    for name, adapter in zip(plan.adapters.names(), plan.adapters.paths, strict=True):
+    for i, (name, adapter) in enumerate(zip(plan.adapters.names(), plan.adapters.paths, strict=True)):
         model = attach(model, adapter, name)
         speaker = model if shared else attach(speaker, adapter, name)
         after = {s: embed_split(model, tokenizer, lex, probe, None, bs) for s, lex in splits.items()}
         after_scores = layer_scores(after, layers, cfg.metrics)
         run = {"adapter": adapter, **evaluate_run(before_scores, after_scores, layers, cfg.eval.n_boot, cfg.seed)}
-        found.pair_rows += pair_rows(name, splits, before_scores, after_scores, layers)
-        compared, csv_rows = compare_behaviour(behaviour_before, behaviour(speaker, tokenizer, plan.queries,
-                                                                           plan.heldout, cfg.eval),
-                                               cfg.eval.n_boot, cfg.seed)
+        fold_seed = {"fold": plan.adapters.cards[i].split.get("fold") if plan.unseen[i] else None,
+                     "seed": plan.adapters.cards[i].seed}
+        found.pair_rows += [{**r, **fold_seed} for r in pair_rows(name, splits, before_scores, after_scores, layers)]
+        card = plan.adapters.cards[i]
+        fold = card.split.get("fold") if plan.unseen[i] else None
+        keep = [j for j, q in enumerate(plan.queries)  # a cross-fitted adapter scores only the words it never saw
+                if not plan.unseen[i] or q.split != "train" or is_unseen(q, plan.unseen[i], plan.forward)]
+        mark = partial(_mark, fold=fold, seed=card.seed, unseen=bool(plan.unseen[i]))
+        before_i = {"translation": mark([behaviour_before["translation"][j] for j in keep]),
+                    "lm_loss": behaviour_before["lm_loss"]}
+        after_i = behaviour(speaker, tokenizer, [plan.queries[j] for j in keep], plan.heldout, cfg.eval)
+        after_i["translation"] = mark(after_i["translation"])
+        compared, csv_rows = compare_behaviour(before_i, after_i, cfg.eval.n_boot, cfg.seed)
         found.runs[name] = {**run, **compared}
         found.translation_rows += [{"run": name, **r} for r in csv_rows]
         if not found.figure:  # the figures show the first adapter
@@ -161,6 +185,8 @@ def write_outputs(plan: EvalPlan, found: Measured) -> dict:
         "runs": runs,
         "aggregate": aggregate_all(list(runs.values()), plan.layers) if len(runs) > 1 else {},
     }
+    if plan.queries and any(plan.unseen):  # every training-lexicon word scored once per seed, as unseen
+        summary["crossfit"] = pooled_translation(found.translation_rows, cfg.eval.n_boot, cfg.seed)
     if plan.queries:  # the design contract's top-level section: the run's, or the runs' and their aggregate
         summary["translation"] = runs["run"]["translation"] if len(runs) == 1 else {
             "runs": {n: r["translation"] for n, r in runs.items()}, "aggregate": summary["aggregate"]["translation"]}
@@ -231,3 +257,9 @@ def _log_wandb(cfg, summary: dict, out: Path, translation_rows: list[dict]) -> N
         run.finish()
 
 
+
+
+def _mark(rows: list[dict], fold, seed, unseen: bool) -> list[dict]:
+    """Translation rows with their fold and seed; a cross-fitted adapter's training-lexicon words are "unseen"."""
+    return [{**r, "split": "unseen" if unseen and r["split"] == "train" else r["split"], "fold": fold, "seed": seed}
+            for r in rows]

@@ -181,8 +181,7 @@ def _train(cfg, out: Path, loss, monitor: str, extra_callbacks, reported: set | 
                                 centring_words=cfg.metrics.centre)
     lexicons = datamodule.prepare_lexicons(reported)  # bad files fail here, before the weights load
     d = cfg.data
-    split = {"crossfit": getattr(d, "crossfit", 0), "fold": getattr(d, "fold", 0),
-             "derange": getattr(d, "derange", False), "val_fraction": d.val_fraction}
+    split = {"crossfit": d.crossfit, "fold": d.fold, "derange": d.derange, "val_fraction": d.val_fraction}
     card = run_card(cfg, lexicons, lora=asdict(cfg.lora), loss=loss.settings, split=split)
     settings = run_settings(cfg, card)
     changed = check_resume_settings(ckpt, ckpt_path, settings, cfg.train.allow_changes) if ckpt else {}
