@@ -82,7 +82,8 @@ def compare_behaviour(before: dict, after: dict, n_boot: int, seed: int) -> tupl
 
 
 def behaviour_lines(run: dict) -> list[str]:
-    """Console lines: accuracy before -> after per split and direction, and the do-no-harm verdict per language."""
+    """Console lines: accuracy before -> after per split and direction (and the graded scores' means, with the
+    trained-vs-control difference in differences), and the do-no-harm verdict per language."""
     lines = []
     for split, by in run.get("translation", {}).items():
         if split == "targeted":
@@ -92,11 +93,22 @@ def behaviour_lines(run: dict) -> list[str]:
                          f"{st['correct_after']}/{st['n']} correct ({st['accuracy_before']:.3f} -> "
                          f"{st['accuracy_after']:.3f}; {st['mcnemar_b']} lost, {st['mcnemar_c']} gained, "
                          f"McNemar {fmt_p(st['mcnemar_p'])})")
+            if "graded" in st:
+                lines.append(f"translation, {split}, {direction}, graded: " + "; ".join(
+                    f"{g} {_num(r['mean_before'])} -> {_num(r['mean_after'])} (Wilcoxon {fmt_p(r['wilcoxon_p'])})"
+                    for g, r in st["graded"].items()))
     for direction, c in run.get("translation", {}).get("targeted", {}).items():
         lines.append(f"translation, trained vs control, {direction}: {c['reading']}")
+        if "graded" in c:
+            lines.append(f"translation, trained vs control, {direction}, graded: " + "; ".join(
+                f"{g} difference {_num(r['did'], '+.3g')} (Welch {fmt_p(r['p'])})" for g, r in c["graded"].items()))
     for lang, c in run.get("lm_loss", {}).items():
         lines.append(f"do no harm, {lang}: {c['reading']}")
     return lines
+
+
+def _num(x, spec: str = ".3g") -> str:
+    return "n/a" if x is None else format(x, spec)
 
 
 def translation_settings(opts: EvalConfig, queries: list[Query], lexicon, seed: int) -> dict | None:
@@ -113,8 +125,9 @@ def translation_settings(opts: EvalConfig, queries: list[Query], lexicon, seed: 
 
 
 def behaviour_metrics(runs: dict) -> dict:
-    """W&B summary values: eval/translation/<split>/<direction>/<statistic> and eval/lm_loss/<language>/<statistic>
-    (with several runs the run name follows `eval/`)."""
+    """W&B summary values: eval/translation/<split>/<direction>/<statistic> (graded scores as <score>_mean_before,
+    _mean_after, _delta; <score>_did under targeted) and eval/lm_loss/<language>/<statistic> (with several runs the
+    run name follows `eval/`)."""
     out = {}
     for name, run in runs.items():
         prefix = "eval/" if len(runs) == 1 else f"eval/{name}/"
@@ -123,6 +136,9 @@ def behaviour_metrics(runs: dict) -> dict:
                 keys = ("difference",) if split == "targeted" else ("accuracy_before", "accuracy_after", "change",
                                                                     "mcnemar_p")
                 out.update({f"{prefix}translation/{split}/{direction}/{k}": st[k] for k in keys})
+                out.update({f"{prefix}translation/{split}/{direction}/{g}_{k}": r[k]
+                            for g, r in st.get("graded", {}).items()
+                            for k in (("did",) if split == "targeted" else ("mean_before", "mean_after", "delta"))})
         for lang, c in run.get("lm_loss", {}).items():
             out.update({f"{prefix}lm_loss/{lang}/{k}": c[k] for k in ("nll_before", "nll_after", "relative_change",
                                                                        "rise")})

@@ -116,6 +116,7 @@ def translation_section(summary: dict, *, aggregate: dict | None = None, max_wor
     if summary.get("targeted"):
         lines += ["", "Trained vs control words (difference of accuracy changes, splits resampled independently):", ""]
         lines += [f"- {d}: {c['reading']}" for d, c in summary["targeted"].items()]
+    lines += _graded_lines(summary)
     lines += ["", "Words that flipped (prediction before → after):", ""]
     for split, d, s in cells:
         lines.append(f"- {split}, {d}, right → wrong ({len(s['right_to_wrong'])}): "
@@ -125,6 +126,31 @@ def translation_section(summary: dict, *, aggregate: dict | None = None, max_wor
     if aggregate:
         lines += ["", translation_aggregate_section(aggregate, header="Across runs (mean ± sd, ddof = 1):")]
     return "\n".join(lines) + "\n"
+
+
+def _graded_lines(summary: dict) -> list[str]:
+    """The graded scores (`tli.eval.graded`) of `translation_section`: paired before/after per cell, and the
+    difference in differences of trained vs control words."""
+    cells = [(split, d, s["graded"]) for split, by in summary.items() if split != "targeted" for d, s in by.items()
+             if "graded" in s]
+    if not cells:
+        return []
+    rows = [[split, d, g, r["n"], _f(r["mean_before"]), _f(r["mean_after"]), _f(r["delta"]),
+             _ci(r["delta_ci_low"], r["delta_ci_high"]), fmt_p(r["wilcoxon_p"])]
+            for split, d, graded in cells for g, r in graded.items()]
+    lines = ["", "Graded scores, per word (`gold_logprob`: mean log-probability per token of the best listed "
+             "translation, teacher-forced after the prompt; `chrf`: chrF 0-100 of the prediction against the best "
+             "listed translation; `gold_rank`: rank of the gold's first token at the end of the prompt, 1 = greedy "
+             "choice, lower is better). Paired bootstrap CI of the mean change, Wilcoxon signed-rank p.", "",
+             markdown_table(rows, ["split", "direction", "score", "n", "before", "after", "delta", "95% CI",
+                                   "p (Wilcoxon)"], align="lllrrrrlr")]
+    did = [[d, g, _f(r["train_delta"]), _f(r["control_delta"]), _f(r["did"]), _ci(r["did_ci_low"], r["did_ci_high"]),
+            fmt_p(r["p"])] for d, c in (summary.get("targeted") or {}).items() for g, r in c.get("graded", {}).items()]
+    if did:
+        lines += ["", "Graded scores, trained vs control words (difference in differences):", "",
+                  markdown_table(did, ["direction", "score", "train change", "control change", "difference",
+                                       "95% CI", "p (Welch)"], align="llrrrlr")]
+    return lines
 
 
 def _mean_sd(a: dict) -> str:
@@ -142,6 +168,15 @@ def translation_aggregate_section(
                                                "change"], align="llrlll")]
     for d, a in (aggregate.get("targeted") or {}).items():
         lines.append(f"\nTrained minus control change, {d}: {_mean_sd(a['difference'])}")
+    graded = [[split, d, g, r["delta"]["n"], *(_mean_sd(r[k]) for k in ("mean_before", "mean_after", "delta"))]
+              for split, by in aggregate.items() if split != "targeted" for d, a in by.items()
+              for g, r in a.get("graded", {}).items()]
+    if graded:
+        lines += ["", "Graded scores across runs:", "",
+                  markdown_table(graded, ["split", "direction", "score", "runs", "before", "after", "delta"],
+                                 align="lllrlll")]
+    lines += [f"\nGraded trained minus control change, {d}, {g}: {_mean_sd(r['did'])}"
+              for d, a in (aggregate.get("targeted") or {}).items() for g, r in a.get("graded", {}).items()]
     return "\n".join(lines) + "\n"
 
 

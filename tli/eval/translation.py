@@ -43,8 +43,9 @@ from tli.model.modes import eval_mode
 DIRECTIONS = ("forward", "backward")  # forward: src_lang -> tgt_lang, backward: tgt_lang -> src_lang
 ENGLISH = {"english", "en", "eng"}
 ENGLISH_LEADERS = {"the", "a", "an", "to"}  # articles and the infinitive marker
+GRADED = ("gold_logprob", "chrf", "gold_rank")  # graded scores per query (tli.eval.graded)
 CSV_COLUMNS = ["split", "direction", "source", "target", "prediction_before", "prediction_after", "correct_before",
-               "correct_after"]
+               "correct_after", *(f"{g}_{s}" for g in GRADED for s in ("before", "after")), "fold", "seed"]
 
 
 def normalize_answer(text: str, lang: str) -> str:
@@ -232,18 +233,26 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], *, batch_size: in
 
 def evaluate_translation(model, tokenizer, queries: Sequence[Query], *, batch_size: int = 32,
                          max_new_tokens: int = 8) -> list[dict]:
-    """Translate every query with one model state: rows of split, direction, source, target, prediction, correct.
+    """Translate every query with one model state: rows of split, direction, source, target, prediction, correct
+    and the graded scores gold_logprob, gold_rank and chrf (`tli.eval.graded`; None where no listed translation
+    is usable).
 
-    `target` joins every listed translation with " | ". All queries go through one length-sorted generation pass.
+    `target` joins every listed translation with " | ". All queries go through one length-sorted generation pass
+    and one teacher-forced scoring pass (one forward per query and listed translation).
     """
+    from tli.eval.graded import chrf, score_gold  # graded imports this module
+
     predictions = generate_answers(model, tokenizer, [q.prompt for q in queries], batch_size=batch_size,
                                    max_new_tokens=max_new_tokens)
+    gold = score_gold(model, tokenizer, queries, batch_size=batch_size)
     return [{"split": q.split, "direction": q.direction, "source": q.source, "target": " | ".join(q.targets),
-             "prediction": pred, "correct": q.correct(pred)} for q, pred in zip(queries, predictions, strict=True)]
+             "prediction": pred, "correct": q.correct(pred), **g, "chrf": chrf(pred, q.targets, q.answer_lang)}
+            for q, pred, g in zip(queries, predictions, gold, strict=True)]
 
 
 def before_after_rows(before: Sequence[dict], after: Sequence[dict]) -> list[dict]:
-    """Join the rows of two model states (same queries, same order) into `eval/translation.csv` rows."""
+    """Join the rows of two model states (same queries, same order) into `eval/translation.csv` rows (`CSV_COLUMNS`;
+    a graded score missing from a row is None, and so are fold and seed unless the before row carries them)."""
     if len(before) != len(after):
         raise ValueError(f"before has {len(before)} rows, after {len(after)}: not the same queries")
     rows = []
@@ -253,5 +262,7 @@ def before_after_rows(before: Sequence[dict], after: Sequence[dict]) -> list[dic
                                    f"{a['split']}/{a['direction']}/{a['source']!r} after")
         rows.append({"split": b["split"], "direction": b["direction"], "source": b["source"], "target": b["target"],
                      "prediction_before": b["prediction"], "prediction_after": a["prediction"],
-                     "correct_before": bool(b["correct"]), "correct_after": bool(a["correct"])})
+                     "correct_before": bool(b["correct"]), "correct_after": bool(a["correct"]),
+                     **{f"{g}_{s}": r.get(g) for g in GRADED for s, r in (("before", b), ("after", a))},
+                     "fold": b.get("fold"), "seed": b.get("seed")})
     return rows

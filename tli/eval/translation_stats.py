@@ -7,6 +7,12 @@ resamples), and the exact McNemar test: a two-sided binomial test (p = 0.5) of c
 discordant words (p = 1 when there are none). The trained-vs-control comparison bootstraps each split independently.
 All results are JSON-friendly dicts. The report section: `tli.eval.sections`. Non-finite correctness values (NaN or
 inf where a boolean was expected) never raise: the word is left out and counted in `n_nonfinite`.
+
+Graded scores (`tli.eval.graded`: gold_logprob, chrf, gold_rank; rows with `<score>_before` / `<score>_after`):
+each cell gets "graded": {score: `paired_stats` of before/after over the words}, the trained-vs-control comparison
+"graded": {score: `difference_in_differences`}, and the aggregate across runs the mean and sd of each score's
+mean before, mean after and delta (and of the difference in differences). A missing (None) score counts as
+non-finite and is left out of that score's statistics. Rows without graded columns get no "graded" section.
 """
 
 from __future__ import annotations
@@ -18,9 +24,50 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
-from tli.eval.stats import aggregate_runs, bootstrap_ci, finite_pairs
+from tli.eval.stats import (
+    aggregate_runs,
+    bootstrap_ci,
+    did_reading,
+    difference_in_differences,
+    finite_pairs,
+    paired_stats,
+)
 
 AGGREGATED = ("accuracy_before", "accuracy_after", "change")
+GRADED = ("gold_logprob", "chrf", "gold_rank")  # = tli.eval.translation.GRADED
+GRADED_AGGREGATED = ("mean_before", "mean_after", "delta")
+
+
+def _scores(rows: Sequence[dict], name: str) -> np.ndarray:
+    """A graded score's column as floats, None -> NaN: (n,)."""
+    return np.array([math.nan if r.get(name) is None else float(r[name]) for r in rows], dtype=np.float64)
+
+
+def _has_graded(rows: Sequence[dict]) -> bool:
+    return bool(rows) and all(f"{g}_{s}" in r for r in rows for g in GRADED for s in ("before", "after"))
+
+
+def graded_stats(rows: Sequence[dict], *, n_boot: int = 10000, seed: int = 0) -> dict[str, Any]:
+    """{score: paired_stats(before, after)} for each graded score of one cell."""
+    return {g: paired_stats(_scores(rows, f"{g}_before"), _scores(rows, f"{g}_after"), n_boot=n_boot, seed=seed)
+            for g in GRADED}
+
+
+def graded_did(trained: Sequence[dict], control: Sequence[dict], *, n_boot: int = 10000, seed: int = 0,
+               alpha: float = 0.05) -> dict[str, Any]:
+    """{score: difference_in_differences(trained before/after, control before/after)} for each graded score. The
+    numbers are of the raw scores; for gold_rank (lower is better) `targeted` and `reading` judge the fall in rank
+    (a positive `did` there means the trained words' rank rose more: not a targeted gain)."""
+    out = {g: difference_in_differences(_scores(trained, f"{g}_before"), _scores(trained, f"{g}_after"),
+                                        _scores(control, f"{g}_before"), _scores(control, f"{g}_after"),
+                                        n_boot=n_boot, seed=seed, alpha=alpha) for g in GRADED}
+    r = out["gold_rank"]
+    neg = (lambda x: None if x is None else -x)  # noqa: E731
+    flipped = {**r, "train_delta": neg(r["train_delta"]), "control_delta": neg(r["control_delta"]),
+               "did": neg(r["did"]), "did_ci_low": neg(r["did_ci_high"]), "did_ci_high": neg(r["did_ci_low"])}
+    targeted, reading = did_reading(flipped, r["p"], alpha=alpha)
+    r.update(targeted=targeted, reading=f"gains in rank (fall): {reading}")
+    return out
 
 
 def mcnemar_exact(before: Sequence[bool], after: Sequence[bool]) -> dict[str, Any]:
@@ -48,7 +95,7 @@ def _flips(rows: Sequence[dict], was: bool) -> list[dict]:
 def split_stats(rows: Sequence[dict], *, n_boot: int = 10000, seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
     """Accuracy before/after with CIs, the change with its paired CI, McNemar, and the flipped words of one cell
     (words with a non-finite value left out: n_nonfinite)."""
-    kept = _finite_rows(rows)
+    kept, all_rows = _finite_rows(rows), rows
     dropped, rows = len(rows) - len(kept), kept
     bef = np.array([r["correct_before"] for r in rows], dtype=np.float64)  # (n,)
     aft = np.array([r["correct_after"] for r in rows], dtype=np.float64)  # (n,)
@@ -60,6 +107,8 @@ def split_stats(rows: Sequence[dict], *, n_boot: int = 10000, seed: int = 0, alp
     mc = mcnemar_exact(bef.astype(bool), aft.astype(bool))
     out.update(mcnemar_b=mc["b"], mcnemar_c=mc["c"], mcnemar_p=mc["p"], n_nonfinite=dropped)
     out["right_to_wrong"], out["wrong_to_right"] = _flips(rows, True), _flips(rows, False)
+    if _has_graded(all_rows):
+        out["graded"] = graded_stats(all_rows, n_boot=n_boot, seed=seed)
     return out
 
 
@@ -115,15 +164,20 @@ def summarize_translation(rows: Sequence[dict], *, n_boot: int = 10000, seed: in
     out: dict[str, Any] = {split: {d: split_stats(rs, n_boot=n_boot, seed=seed, alpha=alpha) for d, rs in by.items()}
                            for split, by in cells.items()}
     if "train" in cells and "control" in cells:
-        out["targeted"] = {d: compare_changes(cells["train"][d], cells["control"][d], n_boot=n_boot, seed=seed,
-                                              alpha=alpha)
-                           for d in cells["train"] if d in cells["control"]}
+        out["targeted"] = {}
+        for d in (d for d in cells["train"] if d in cells["control"]):
+            tr, c = cells["train"][d], cells["control"][d]
+            out["targeted"][d] = compare_changes(tr, c, n_boot=n_boot, seed=seed, alpha=alpha)
+            if _has_graded(tr) and _has_graded(c):
+                out["targeted"][d]["graded"] = graded_did(tr, c, n_boot=n_boot, seed=seed, alpha=alpha)
     return out
 
 
 def aggregate_translation(summaries: Sequence[dict]) -> dict[str, Any]:
     """Across runs (seeds): {split: {direction: {accuracy_before|accuracy_after|change: {mean, std (ddof=1), n}}}}
-    and "targeted": {direction: {"difference": {...}}}, over the cells every summary has."""
+    and "targeted": {direction: {"difference": {...}}}, over the cells every summary has; where every run has graded
+    scores, each cell also gets "graded": {score: {mean_before|mean_after|delta: {...}}} and each targeted direction
+    "graded": {score: {"did": {...}}}."""
     if not summaries:
         return {}
     out: dict[str, Any] = {}
@@ -132,8 +186,16 @@ def aggregate_translation(summaries: Sequence[dict]) -> dict[str, Any]:
             continue
         directions = [d for d in summaries[0][split] if all(d in s[split] for s in summaries)]
         out[split] = {d: aggregate_runs([s[split][d] for s in summaries], AGGREGATED) for d in directions}
+        for d in directions:
+            if all("graded" in s[split][d] for s in summaries):
+                out[split][d]["graded"] = {g: aggregate_runs([s[split][d]["graded"][g] for s in summaries],
+                                                             GRADED_AGGREGATED) for g in GRADED}
     if all("targeted" in s for s in summaries):
         directions = [d for d in summaries[0]["targeted"] if all(d in s["targeted"] for s in summaries)]
         out["targeted"] = {d: aggregate_runs([s["targeted"][d] for s in summaries], ("difference",))
                            for d in directions}
+        for d in directions:
+            if all("graded" in s["targeted"][d] for s in summaries):
+                out["targeted"][d]["graded"] = {g: aggregate_runs([s["targeted"][d]["graded"][g] for s in summaries],
+                                                                  ("did",)) for g in GRADED}
     return out
