@@ -67,3 +67,26 @@ def test_cross_fitted_and_plain_adapters_are_not_mixed(folds, tiny_dir, eval_cfg
                                 "data.val_fraction=0.25", "lora.r=4", "debug=fdr"]))
     with pytest.raises(AdapterError, match="cross-fitted adapters .* and others in one evaluation"):
         evaluate_job(eval_cfg(f"adapter=[{folds[0]},{plain / 'adapter'}]", out=tmp_path / "e"))
+
+
+def test_the_report_opens_with_the_behaviour_table(folds, eval_cfg, tmp_path):
+    summary = evaluate_job(eval_cfg(f"adapter=[{','.join(map(str, folds))}]", "eval.translation=true",
+                                    "eval.layers=[32]", "eval.behaviour_quantization=nf4"))
+    report = (tmp_path / "eval" / "report.md").read_text()
+    behaviour, representations = report.index("## Behaviour"), report.index("## run0")
+    assert behaviour < representations
+    table = report[behaviour:representations]
+    cell = summary["crossfit"]["unseen"]["Swahili->English"]
+    assert "| cross-fitted pool | unseen | Swahili->English |" in table
+    assert "stratified exact p" in table and "MDE" in table and "| run1 | control |" in table
+    acc = f"{cell['accuracy_before']:.3f} → {cell['accuracy_after']:.3f}"
+    assert acc in table
+    assert cell["accuracy_before"] == pytest.approx(
+        sum(r["correct_before"] for r in _rows(tmp_path, "unseen", "Swahili->English")) / cell["correct"]["n"])
+    assert "NLL (nats/token)" in table and "quantization nf4" in table
+
+
+def _rows(tmp_path, split, direction):
+    rows = csv.DictReader((tmp_path / "eval" / "translation.csv").open(encoding="utf-8"))
+    return [{**r, "correct_before": r["correct_before"] == "True"} for r in rows
+            if r["split"] == split and r["direction"] == direction]

@@ -77,7 +77,8 @@ def fold_split(lexicon_or_pairs, k: int, fold: int, seed: int) -> tuple[list[Pai
         raise ConfigError(f"data.fold={fold} must be in [0, data.crossfit={k})")
     pairs = _pairs(lexicon_or_pairs)
     fold_of = assign_folds(pairs, k, seed)
-    return ([p for p, f in zip(pairs, fold_of) if f != fold], [p for p, f in zip(pairs, fold_of) if f == fold])
+    return ([p for p, f in zip(pairs, fold_of, strict=True) if f != fold],
+            [p for p, f in zip(pairs, fold_of, strict=True) if f == fold])
 
 
 def derange(pairs, seed: int) -> list[Pair]:

@@ -47,8 +47,9 @@ def is_unseen(query, words: dict[str, set[str]], forward_label: str) -> bool:
 
 def pooled_translation(rows: Sequence[dict], n_boot: int = 10000, seed: int = 0) -> dict[str, Any]:
     """{split: {direction: {"correct": stratified_mcnemar over (fold, seed) strata, "per_seed": {seed:
-    stratified_mcnemar over its folds}, "seed_signs": seed_signs of the per-seed accuracy changes, "<graded>":
-    stratified_paired}}} over eval/translation.csv rows of several adapters (those with a fold)."""
+    stratified_mcnemar over its folds}, "seed_signs": seed_signs of the per-seed accuracy changes, "accuracy_before" /
+    "accuracy_after" (over all rows), "<graded>": stratified_paired}}} over eval/translation.csv rows of several
+    adapters (those with a fold)."""
     cells: dict[str, dict[str, list[dict]]] = {}
     for r in rows:
         if r.get("fold") is not None:
@@ -62,7 +63,9 @@ def pooled_translation(rows: Sequence[dict], n_boot: int = 10000, seed: int = 0)
                 own = [r for r in rs if r["seed"] == s]
                 by_seed[f"seed {s}"] = stratified_mcnemar(_bools(_strata(own, lambda r: f"fold {r['fold']}")))
             cell = {"correct": stratified_mcnemar(_bools(strata)), "per_seed": by_seed,
-                    "seed_signs": seed_signs({k: v["effect"] for k, v in by_seed.items()})}
+                    "seed_signs": seed_signs({k: v["effect"] for k, v in by_seed.items()}),
+                    "accuracy_before": sum(bool(r["correct_before"]) for r in rs) / len(rs),
+                    "accuracy_after": sum(bool(r["correct_after"]) for r in rs) / len(rs)}
             for score in GRADED:
                 if all(r.get(f"{score}_before") is not None for r in rs):
                     cell[score] = stratified_paired({k: ([float(r[f"{score}_before"]) for r in v],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tli.eval.headline import behaviour_table
 from tli.eval.sections import (
     embedding_aggregate_section,
     embedding_section,
@@ -42,6 +43,9 @@ def render(summary: dict) -> str:
         lines += [f"Few-shot word translation: {t['shots']} shots per prompt drawn (seed {t['shot_seed']}) from the "
                   "other split (control pairs for training words and vice versa), the same before and after; greedy, "
                   f"at most {t['max_new_tokens']} new tokens, answer up to the first newline.", ""]
+    table = behaviour_table(summary)  # the behaviour first; the representation figures follow
+    if table:
+        lines += [table]
     risen = [f"{lang} ({name})" for name, run in summary["runs"].items()
              for lang, c in run.get("lm_loss", {}).items() if c["rise"]]
     if risen:
