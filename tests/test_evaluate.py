@@ -253,6 +253,7 @@ def two_run_queries(small_lexicons):
 
 
 def test_translation_csv_summary_and_report_agree(two_runs, trained, eval_cfg, tmp_path, small_lexicons):
+    from tli.eval.graded import chrf
     from tli.eval.translation import CSV_COLUMNS, normalize_answer
 
     _, first, _, _ = two_runs
@@ -296,6 +297,21 @@ def test_translation_csv_summary_and_report_agree(two_runs, trained, eval_cfg, t
             assert (st["mcnemar_b"], st["mcnemar_c"]) == (len(lost), len(gained))
             assert [f["source"] for f in st["right_to_wrong"]] == lost
             assert [f["source"] for f in st["wrong_to_right"]] == gained
+            for r in cell:  # graded scores: chrF recomputed from the written strings; an exact match scores 100
+                for when in ("before", "after"):
+                    got = float(r[f"chrf_{when}"])
+                    assert got == pytest.approx(chrf(r[f"prediction_{when}"], r["target"].split(" | "), answer))
+                    assert got == pytest.approx(100.0) if r[f"correct_{when}"] == "True" else 0 <= got <= 100
+                    assert float(r[f"gold_logprob_{when}"]) < 0 and int(r[f"gold_rank_{when}"]) >= 1
+            for g in ("gold_logprob", "chrf", "gold_rank"):  # the summary's paired statistics are of these columns
+                for when in ("before", "after"):
+                    column = [float(r[f"{g}_{when}"]) for r in cell]
+                    assert st["graded"][g][f"mean_{when}"] == pytest.approx(sum(column) / len(cell))
+                assert st["graded"][g]["n"] == len(cell) and "wilcoxon_p" in st["graded"][g]
+            assert set(result["targeted"][direction]["graded"]) == {"gold_logprob", "chrf", "gold_rank"}
+    assert CSV_COLUMNS[-8:] == ["gold_logprob_before", "gold_logprob_after", "chrf_before", "chrf_after",
+                                "gold_rank_before", "gold_rank_after", "fold", "seed"]
+    assert all(r["fold"] == "" for r in rows)  # a plain (not cross-fitted) adapter
     assert result["train"]["Swahili->English"]["correct_before"] >= 3
     assert summary["settings"]["translation"]["words"]["train"]["Swahili->English"] == len(same)
     assert summary["settings"]["lm_loss"]["English"] == {
@@ -303,6 +319,7 @@ def test_translation_csv_summary_and_report_agree(two_runs, trained, eval_cfg, t
     assert summary["runs"]["run"]["lm_loss"]["English"]["n_sentences"] == 3
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "### Few-shot word translation" in report and "| train | Swahili->English | 48 |" in report
+    assert "Graded scores, per word" in report and "| train | Swahili->English | chrf | 48 |" in report
     assert "### Do no harm: held-out text" in report and "| English | 3 |" in report
     assert "Do no harm: the held-out language-modelling loss rose" not in report
     summary["runs"]["run"]["lm_loss"]["English"]["rise"] = True  # as if it had: the report says so at the top
