@@ -34,7 +34,12 @@ def folds(tmp_path_factory, tiny_dir, small_lexicons):
 def test_every_training_word_is_scored_once_as_unseen_by_the_adapter_that_never_saw_it(folds, eval_cfg, tmp_path):
     summary = evaluate_job(eval_cfg(f"adapter=[{','.join(map(str, folds))}]", "eval.translation=true",
                                     "eval.lm_loss=false", "eval.layers=[32]", "eval.behaviour_quantization=nf4"))
-    rows = list(csv.DictReader((tmp_path / "eval" / "translation.csv").open(encoding="utf-8")))
+    every = list(csv.DictReader((tmp_path / "eval" / "translation.csv").open(encoding="utf-8")))
+    rows = [r for r in every if r["run"] != "nn_shots"]
+    nn = [r for r in every if r["run"] == "nn_shots"]  # the prompt-only null: the same queries, fold and seed
+    key = ("split", "direction", "source", "fold", "seed", "prediction_before")
+    assert sorted(tuple(r[k] for k in key) for r in nn) == sorted(tuple(r[k] for k in key) for r in rows)
+    assert summary["nulls"]["nn_shots"]["crossfit"]["unseen"]
     cfg = eval_cfg()
     train = load_lexicons(cfg.data).train
     unseen = [r for r in rows if r["split"] == "unseen"]
@@ -89,4 +94,4 @@ def test_the_report_opens_with_the_behaviour_table(folds, eval_cfg, tmp_path):
 def _rows(tmp_path, split, direction):
     rows = csv.DictReader((tmp_path / "eval" / "translation.csv").open(encoding="utf-8"))
     return [{**r, "correct_before": r["correct_before"] == "True"} for r in rows
-            if r["split"] == split and r["direction"] == direction]
+            if r["split"] == split and r["direction"] == direction and r["run"] != "nn_shots"]

@@ -271,9 +271,9 @@ def test_translation_csv_summary_and_report_agree(two_runs, trained, eval_cfg, t
     own.write_text("The river is wide.\nWe eat rice at noon.\nMy sister reads a book.\n", encoding="utf-8")
     summary = evaluate_job(eval_cfg(f"adapter={trained[1]}",
                                     f"data.train_file={train}", "eval.translation=true", "eval.layers=[32]",
-                                    f"eval.heldout_tgt={own}"))
+                                    f"eval.heldout_tgt={own}", "eval.nn_shots=false"))
     rows = read_rows(tmp_path / "eval" / "translation.csv")
-    assert list(rows[0]) == CSV_COLUMNS  # a single adapter: exactly the contract's columns
+    assert list(rows[0]) == CSV_COLUMNS  # a single adapter and no null: exactly the contract's columns
     same = [r for r in rows if r["split"] == "train" and r["direction"] == "Swahili->English"]
     assert {r["source"]: r["prediction_before"] for r in same} == before  # one base pass, whichever adapter
     assert all(r["correct_before"] == "True" for r in same if r["source"] in chosen)

@@ -43,6 +43,7 @@ class EvalConfig:
     shots: int = 5  # demonstrations per prompt, drawn (seed) from the other split: control shots for train words
     max_new_tokens: int = 8  # generated tokens per answer (generation also stops at the first newline)
     generation_batch_size: int = 32  # prompts per generate() call (the predictions do not depend on it)
+    nn_shots: bool = True  # also the null "nn_shots": the base model with nearest-neighbour shots (tli.eval.nn_shots)
     # Do no harm (tli.eval.lm_loss): held-out LM loss in data.src_lang and data.tgt_lang, before and after.
     lm_loss: bool = True
     heldout_src: str | None = None  # UTF-8 file, one sentence per line (null: the bundled sample of data.src_lang)

@@ -11,6 +11,7 @@ from typing import Any
 from tli.eval.power import mde_mcnemar
 from tli.eval.tables import fmt_number, fmt_p, markdown_table
 
+NN = "nearest-neighbour shots, no training"
 COLUMNS = ["source", "split", "direction", "n", "accuracy", "gold log-prob (mean)", "chrF (mean)", "p (accuracy)",
            "MDE (accuracy)"]
 
@@ -48,14 +49,14 @@ def _run_rows(name: str, translation: dict) -> list[dict]:
     return rows
 
 
-def _pooled_rows(pooled: dict) -> list[dict]:
+def _pooled_rows(pooled: dict, source: str = "cross-fitted pool") -> list[dict]:
     rows = []
     for split, by in pooled.items():
         for direction, cell in by.items():
             c = cell["correct"]
             signs = cell["seed_signs"]
             agree = "same sign in every seed" if signs["same_sign_everywhere"] else "signs differ across seeds"
-            rows.append({"source": "cross-fitted pool", "split": split, "direction": direction, "n": c["n"],
+            rows.append({"source": source, "split": split, "direction": direction, "n": c["n"],
                          "accuracy": _ba(cell.get("accuracy_before"), cell.get("accuracy_after")),
                          "gold log-prob (mean)": _graded(cell.get("gold_logprob")),
                          "chrF (mean)": _graded(cell.get("chrf")),
@@ -67,6 +68,9 @@ def _pooled_rows(pooled: dict) -> list[dict]:
 def behaviour_table(summary: dict[str, Any]) -> str:
     """Markdown: the behaviour table and the held-out NLL table ("" when the evaluation scored no behaviour)."""
     rows = _pooled_rows(summary["crossfit"]) if summary.get("crossfit") else []
+    nn = (summary.get("nulls") or {}).get("nn_shots")
+    if nn:  # the prompt-only null, on the same queries
+        rows += _pooled_rows(nn["crossfit"], NN) if nn.get("crossfit") else _run_rows(NN, nn["translation"])
     for name, run in summary["runs"].items():
         rows += _run_rows(name, run.get("translation") or {})
     nll = [{"source": name, "language": lang, "NLL (nats/token)": _ba(c["nll_before"], c["nll_after"]),

@@ -45,6 +45,18 @@ def is_unseen(query, words: dict[str, set[str]], forward_label: str) -> bool:
     return query.split == "train" and query.source in words[side]
 
 
+def scored_by(queries, words: dict[str, set[str]], forward_label: str) -> list[int]:
+    """Indices of the queries an adapter scores: all of them, or for a cross-fitted adapter (`words` of its held-out
+    fold) the control queries and the training-split queries of its fold only."""
+    return [j for j, q in enumerate(queries) if not words or q.split != "train" or is_unseen(q, words, forward_label)]
+
+
+def mark_rows(rows: Sequence[dict], fold, seed, unseen: bool) -> list[dict]:
+    """Translation rows with their fold and seed; a cross-fitted adapter's training-lexicon words are "unseen"."""
+    return [{**r, "split": "unseen" if unseen and r["split"] == "train" else r["split"], "fold": fold, "seed": seed}
+            for r in rows]
+
+
 def pooled_translation(rows: Sequence[dict], n_boot: int = 10000, seed: int = 0) -> dict[str, Any]:
     """{split: {direction: {"correct": stratified_mcnemar over (fold, seed) strata, "per_seed": {seed:
     stratified_mcnemar over its folds}, "seed_signs": seed_signs of the per-seed accuracy changes, "accuracy_before" /

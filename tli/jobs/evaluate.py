@@ -34,6 +34,7 @@ from typing import Any
 
 from tli.data.audit import AuditResult
 from tli.data.config import load_lexicons
+from tli.data.crossfit import fold_split
 from tli.errors import AdapterError
 from tli.eval.behaviour import (
     behaviour,
@@ -45,11 +46,13 @@ from tli.eval.behaviour import (
     translation_settings,
 )
 from tli.eval.evaluation import aggregate_all, curves, evaluate_run, layer_scores, pair_rows
+from tli.eval.nn_shots import nn_queries, word_vectors
 from tli.eval.plots import plot_before_after, plot_scatter
-from tli.eval.pooled import heldout_words, is_unseen, pooled_translation
+from tli.eval.pooled import heldout_words, mark_rows, pooled_translation, scored_by
 from tli.eval.report import write_report
 from tli.eval.tables import print_table, write_csv
-from tli.eval.translation import CSV_COLUMNS, Query, direction_label
+from tli.eval.translation import CSV_COLUMNS, Query, before_after_rows, direction_label
+from tli.eval.translation_stats import summarize_translation
 from tli.eval.vectors import embed_split
 from tli.io import atomic_write_json
 from tli.jobs.common import provenance, run_dir_lock
@@ -142,20 +145,19 @@ def measure(plan: EvalPlan) -> Measured:
     before_scores = layer_scores(before, layers, cfg.metrics)
     behaviour_before = behaviour(speaker, tokenizer, plan.queries, plan.heldout, cfg.eval)
     found, model, shared = Measured({}, [], [], {}, {}), base, speaker is base
+    if plan.queries and cfg.eval.nn_shots:  # the prompt-only null, on the bare base: before any adapter
+        found.translation_rows += _nn_shots_rows(plan, speaker, tokenizer, before, behaviour_before)
     for i, (name, adapter) in enumerate(zip(plan.adapters.names(), plan.adapters.paths, strict=True)):
         model = attach(model, adapter, name)
         speaker = model if shared else attach(speaker, adapter, name)
         after = {s: embed_split(model, tokenizer, lex, probe, None, bs) for s, lex in splits.items()}
         after_scores = layer_scores(after, layers, cfg.metrics)
         run = {"adapter": adapter, **evaluate_run(before_scores, after_scores, layers, cfg.eval.n_boot, cfg.seed)}
-        fold_seed = {"fold": plan.adapters.cards[i].split.get("fold") if plan.unseen[i] else None,
-                     "seed": plan.adapters.cards[i].seed}
+        card, words = plan.adapters.cards[i], plan.unseen[i]
+        fold_seed = {"fold": card.split.get("fold") if words else None, "seed": card.seed}
         found.pair_rows += [{**r, **fold_seed} for r in pair_rows(name, splits, before_scores, after_scores, layers)]
-        card = plan.adapters.cards[i]
-        fold = card.split.get("fold") if plan.unseen[i] else None
-        keep = [j for j, q in enumerate(plan.queries)  # a cross-fitted adapter scores only the words it never saw
-                if not plan.unseen[i] or q.split != "train" or is_unseen(q, plan.unseen[i], plan.forward)]
-        mark = partial(_mark, fold=fold, seed=card.seed, unseen=bool(plan.unseen[i]))
+        keep = scored_by(plan.queries, words, plan.forward)  # a cross-fitted adapter: only the words it never saw
+        mark = partial(mark_rows, **fold_seed, unseen=bool(words))
         before_i = {"translation": mark([behaviour_before["translation"][j] for j in keep]),
                     "lm_loss": behaviour_before["lm_loss"]}
         after_i = behaviour(speaker, tokenizer, [plan.queries[j] for j in keep], plan.heldout, cfg.eval)
@@ -185,15 +187,22 @@ def write_outputs(plan: EvalPlan, found: Measured) -> dict:
         "runs": runs,
         "aggregate": aggregate_all(list(runs.values()), plan.layers) if len(runs) > 1 else {},
     }
+    adapter_rows = [r for r in found.translation_rows if r["run"] != "nn_shots"]
+    nn_rows = [r for r in found.translation_rows if r["run"] == "nn_shots"]
     if plan.queries and any(plan.unseen):  # every training-lexicon word scored once per seed, as unseen
-        summary["crossfit"] = pooled_translation(found.translation_rows, cfg.eval.n_boot, cfg.seed)
+        summary["crossfit"] = pooled_translation(adapter_rows, cfg.eval.n_boot, cfg.seed)
+    if nn_rows:  # the prompt-only null on the same queries
+        summary["nulls"] = {"nn_shots": {"translation": summarize_translation(nn_rows, n_boot=cfg.eval.n_boot,
+                                                                              seed=cfg.seed),
+                                         **({"crossfit": pooled_translation(nn_rows, cfg.eval.n_boot, cfg.seed)}
+                                            if any(plan.unseen) else {})}}
     if plan.queries:  # the design contract's top-level section: the run's, or the runs' and their aggregate
         summary["translation"] = runs["run"]["translation"] if len(runs) == 1 else {
             "runs": {n: r["translation"] for n, r in runs.items()}, "aggregate": summary["aggregate"]["translation"]}
     write_csv(found.pair_rows, out / "pairs.csv", ["run", "split", "source", "target", "layer", "cos_before",
                                                    "cos_after"])
     if plan.queries:  # the contract's columns; a leading `run` column only when several adapters are evaluated
-        columns = ["run", *CSV_COLUMNS] if len(runs) > 1 else CSV_COLUMNS
+        columns = ["run", *CSV_COLUMNS] if len(runs) > 1 or nn_rows else CSV_COLUMNS
         write_csv([{c: r[c] for c in columns} for r in found.translation_rows], out / "translation.csv", columns)
     else:  # a table from an earlier evaluation into the same directory would contradict this summary
         (out / "translation.csv").unlink(missing_ok=True)
@@ -259,7 +268,24 @@ def _log_wandb(cfg, summary: dict, out: Path, translation_rows: list[dict]) -> N
 
 
 
-def _mark(rows: list[dict], fold, seed, unseen: bool) -> list[dict]:
-    """Translation rows with their fold and seed; a cross-fitted adapter's training-lexicon words are "unseen"."""
-    return [{**r, "split": "unseen" if unseen and r["split"] == "train" else r["split"], "fold": fold, "seed": seed}
-            for r in rows]
+def _nn_shots_rows(plan: EvalPlan, base, tokenizer, before: dict, behaviour_before: dict) -> list[dict]:
+    """translation.csv rows of the null "nn_shots" (tli.eval.nn_shots): the bare base model with nearest-neighbour
+    shots against the same model with the random shots, on the queries each adapter scores (per fold and seed for
+    cross-fitted adapters, whose shot pool excludes the held-out fold)."""
+    train = plan.lexicons.train
+    vecs = word_vectors(before, plan.probe.target_layer)
+    rows, done = [], set()
+    for card, words in zip(plan.adapters.cards, plan.unseen, strict=True):
+        fold_seed = {"fold": card.split.get("fold") if words else None, "seed": card.seed if words else None}
+        if tuple(fold_seed.values()) in done:
+            continue
+        done.add(tuple(fold_seed.values()))
+        pool = fold_split(train, card.split["crossfit"], fold_seed["fold"], card.seed)[0] if words else train.pairs
+        keep = scored_by(plan.queries, words, plan.forward)
+        queries = nn_queries([plan.queries[j] for j in keep], pool, vecs, plan.forward,
+                             (train.src_lang, train.tgt_lang), plan.cfg.eval.shots)
+        after = behaviour(base, tokenizer, queries, {}, plan.cfg.eval)["translation"]
+        mark = partial(mark_rows, **fold_seed, unseen=bool(words))
+        rows += [{"run": "nn_shots", **r} for r in before_after_rows(
+            mark([behaviour_before["translation"][j] for j in keep]), mark(after))]
+    return rows
