@@ -9,7 +9,7 @@ from helpers import FAST_CPU, compose, job_overrides
 
 from tli.data.config import load_lexicons
 from tli.data.crossfit import fold_split
-from tli.errors import AdapterError
+from tli.errors import AdapterError, ConfigError
 from tli.jobs.evaluate import evaluate_job
 from tli.jobs.train import train_job
 
@@ -83,7 +83,8 @@ def test_the_report_opens_with_the_behaviour_table(folds, eval_cfg, tmp_path):
     table = report[behaviour:representations]
     cell = summary["crossfit"]["unseen"]["Swahili->English"]
     assert "| cross-fitted pool | unseen | Swahili->English |" in table
-    assert "stratified exact p" in table and "MDE" in table and "| run1 | control |" in table
+    assert "stratified exact p" in table and "MDE" in table and "| cross-fitted pool | control |" in table
+    assert "| nearest-neighbour shots, no training | unseen |" in table and "| run1 |" not in table.split("NLL")[0]
     acc = f"{cell['accuracy_before']:.3f} → {cell['accuracy_after']:.3f}"
     assert acc in table
     assert cell["accuracy_before"] == pytest.approx(
@@ -95,3 +96,39 @@ def _rows(tmp_path, split, direction):
     rows = csv.DictReader((tmp_path / "eval" / "translation.csv").open(encoding="utf-8"))
     return [{**r, "correct_before": r["correct_before"] == "True"} for r in rows
             if r["split"] == split and r["direction"] == direction and r["run"] != "nn_shots"]
+
+
+@pytest.mark.slow
+def test_recipes_are_compared_on_the_same_queries(folds, tiny_dir, small_lexicons, eval_cfg, tmp_path):
+    """Two recipes (the cross-fitted adapters and a deranged null of them) in one evaluation: each recipe pooled,
+    every two recipes (nn_shots included) compared on matched queries, Holm over the family."""
+    nulls = []
+    for fold in range(K):
+        run = tmp_path / f"null{fold}"
+        train_job(compose("train", [FAST_CPU, *job_overrides(run, tiny_dir, small_lexicons), "data.batch_size=8",
+                                    "data.val_fraction=0.25", "lora.r=4", "trainer.max_steps=3",
+                                    "trainer.max_epochs=-1", f"data.crossfit={K}", f"data.fold={fold}",
+                                    "data.derange=true", "optim.lr=5e-3"]))
+        nulls.append(run / "adapter")
+    summary = evaluate_job(eval_cfg(f"+adapters.tli=[{','.join(map(str, folds))}]",
+                                    f"+adapters.deranged=[{','.join(map(str, nulls))}]", "eval.translation=true",
+                                    "eval.lm_loss=false", "eval.layers=[32]", "eval.behaviour_quantization=nf4",
+                                    out=tmp_path / "e"))
+    assert set(summary["recipes"]) == {"tli", "deranged"} and "crossfit" not in summary
+    assert summary["recipes"]["tli"]["runs"] == ["tli/0", "tli/1", "tli/2"]
+    pairs = summary["comparisons"]["pairs"]
+    assert list(pairs) == ["tli vs deranged", "tli vs nn_shots", "deranged vs nn_shots"]
+    rows = list(csv.DictReader((tmp_path / "e" / "eval" / "translation.csv").open(encoding="utf-8")))
+    tli = {(r["split"], r["direction"], r["source"], r["fold"]): r for r in rows if r["run"].startswith("tli/")}
+    der = {(r["split"], r["direction"], r["source"], r["fold"]): r for r in rows if r["run"].startswith("deranged/")}
+    assert tli.keys() == der.keys()
+    cell = pairs["tli vs deranged"]["translation"]["unseen"]["Swahili->English"]["correct"]
+    unseen = [k for k in tli if k[0] == "unseen" and k[1] == "Swahili->English"]
+    # "tli vs deranged": the null's answers are "before", tli's "after" (b: right -> wrong, c: wrong -> right)
+    b = sum(der[k]["correct_after"] == "True" and tli[k]["correct_after"] == "False" for k in unseen)
+    c = sum(der[k]["correct_after"] == "False" and tli[k]["correct_after"] == "True" for k in unseen)
+    assert (cell["n"], cell["b"], cell["c"]) == (len(unseen), b, c)
+    family = summary["comparisons"]["family_size"]
+    assert family == 3 * 4 and cell["holm_p"] >= cell["exact_p"]
+    with pytest.raises(ConfigError, match="not both"):
+        evaluate_job(eval_cfg(f"adapter={folds[0]}", f"+adapters.tli=[{folds[1]}]", out=tmp_path / "f"))

@@ -105,6 +105,9 @@ class TLIConfig:
     evaluate: bool = _section(False, jobs=("train",))  # evaluate the finished run into <run dir>/eval/
     # scan.py and evaluate.py
     adapter: Any = _section(None, jobs=("scan", "evaluate"))  # an adapter directory, or a list (evaluate)
+    # evaluate.py: several recipes in one evaluation, each a list of adapter directories (seeds, folds):
+    # adapters.<recipe>=[dir,...]; compared with the base model and with each other on the same queries
+    adapters: dict[str, list[str]] = _section(factory=dict, jobs=("evaluate",))
     scan: ScanConfig = _section(factory=ScanConfig, jobs=("scan",))
     eval: EvalConfig = _section(factory=EvalConfig, jobs=("evaluate",))
 

@@ -60,7 +60,8 @@ def _pooled_rows(pooled: dict, source: str = "cross-fitted pool") -> list[dict]:
                          "accuracy": _ba(cell.get("accuracy_before"), cell.get("accuracy_after")),
                          "gold log-prob (mean)": _graded(cell.get("gold_logprob")),
                          "chrF (mean)": _graded(cell.get("chrf")),
-                         "p (accuracy)": f"stratified exact {fmt_p(c['exact_p'])} ({agree})",
+                         "p (accuracy)": f"stratified exact {fmt_p(c['exact_p'])}"
+                                         + (f", Holm {fmt_p(c['holm_p'])}" if "holm_p" in c else "") + f" ({agree})",
                          "MDE (accuracy)": fmt_number(c["mde"], 3)})
     return rows
 
@@ -68,11 +69,20 @@ def _pooled_rows(pooled: dict, source: str = "cross-fitted pool") -> list[dict]:
 def behaviour_table(summary: dict[str, Any]) -> str:
     """Markdown: the behaviour table and the held-out NLL table ("" when the evaluation scored no behaviour)."""
     rows = _pooled_rows(summary["crossfit"]) if summary.get("crossfit") else []
+    pooled = bool(rows)
+    for name, recipe in (summary.get("recipes") or {}).items():  # each recipe's cross-fitted pool
+        if recipe.get("crossfit"):
+            rows += _pooled_rows(recipe["crossfit"], f"{name} (pool of {len(recipe['runs'])} runs)")
+            pooled = True
     nn = (summary.get("nulls") or {}).get("nn_shots")
     if nn:  # the prompt-only null, on the same queries
         rows += _pooled_rows(nn["crossfit"], NN) if nn.get("crossfit") else _run_rows(NN, nn["translation"])
-    for name, run in summary["runs"].items():
-        rows += _run_rows(name, run.get("translation") or {})
+    if not pooled:  # each run (pooled figures, where they exist, stand for their runs here)
+        for name, run in summary["runs"].items():
+            rows += _run_rows(name, run.get("translation") or {})
+    comparisons = (summary.get("comparisons") or {}).get("pairs") or {}
+    for name, c in comparisons.items():  # recipe against recipe: the second's answers as "before"
+        rows += _pooled_rows(c["translation"], name)
     nll = [{"source": name, "language": lang, "NLL (nats/token)": _ba(c["nll_before"], c["nll_after"]),
             "change": "n/a" if c["relative_change"] is None else f"{100 * c['relative_change']:+.1f}%",
             "p (rise)": fmt_p(c["wilcoxon_p"]), "flag": "**rise**" if c["rise"] else "ok"}

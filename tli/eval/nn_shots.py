@@ -70,3 +70,29 @@ def nn_queries(queries: Sequence[Query], pool: Sequence[Pair], vecs: dict[str, d
         shots = shots[::-1]  # ascending similarity: the nearest right before the query
         out.append(replace(q, shots=tuple(shots), prompt=format_prompt(shots, q.source, q_lang, a_lang)))
     return out
+
+
+def nn_shots_rows(base, tokenizer, queries: Sequence[Query], before_rows: Sequence[dict], train, cards, unseen,
+                  vecs, forward: str, opts) -> list[dict]:
+    """translation.csv rows of the null "nn_shots": the bare base model with nearest-neighbour shots against the same
+    model with the random shots (`before_rows`, one per query), on the queries each adapter scores (per fold and
+    seed for cross-fitted adapters, whose shot pool excludes the held-out fold; once otherwise)."""
+    from tli.data.crossfit import fold_split
+    from tli.eval.behaviour import behaviour
+    from tli.eval.pooled import mark_rows, scored_by
+    from tli.eval.translation import before_after_rows
+
+    rows, done = [], set()
+    for card, words in zip(cards, unseen, strict=True):
+        stratum = {"fold": card.split.get("fold") if words else None, "seed": card.seed if words else None}
+        if tuple(stratum.values()) in done:
+            continue
+        done.add(tuple(stratum.values()))
+        pool = fold_split(train, card.split["crossfit"], stratum["fold"], card.seed)[0] if words else train.pairs
+        keep = scored_by(queries, words, forward)
+        shot = nn_queries([queries[j] for j in keep], pool, vecs, forward, (train.src_lang, train.tgt_lang),
+                          opts.shots)
+        after = behaviour(base, tokenizer, shot, {}, opts)["translation"]
+        mark = partial(mark_rows, **stratum, unseen=bool(words))
+        rows += [{"run": "nn_shots", **r} for r in before_after_rows(mark([before_rows[j] for j in keep]), mark(after))]
+    return rows

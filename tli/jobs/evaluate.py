@@ -34,8 +34,7 @@ from typing import Any
 
 from tli.data.audit import AuditResult
 from tli.data.config import load_lexicons
-from tli.data.crossfit import fold_split
-from tli.errors import AdapterError
+from tli.errors import AdapterError, ConfigError
 from tli.eval.behaviour import (
     behaviour,
     behaviour_lines,
@@ -46,13 +45,13 @@ from tli.eval.behaviour import (
     translation_settings,
 )
 from tli.eval.evaluation import aggregate_all, curves, evaluate_run, layer_scores, pair_rows
-from tli.eval.nn_shots import nn_queries, word_vectors
+from tli.eval.nn_shots import nn_shots_rows, word_vectors
 from tli.eval.plots import plot_before_after, plot_scatter
-from tli.eval.pooled import heldout_words, mark_rows, pooled_translation, scored_by
+from tli.eval.pooled import heldout_words, mark_rows, scored_by
+from tli.eval.recipes import behaviour_summary
 from tli.eval.report import write_report
 from tli.eval.tables import print_table, write_csv
-from tli.eval.translation import CSV_COLUMNS, Query, before_after_rows, direction_label
-from tli.eval.translation_stats import summarize_translation
+from tli.eval.translation import CSV_COLUMNS, Query, direction_label
 from tli.eval.vectors import embed_split
 from tli.io import atomic_write_json
 from tli.jobs.common import provenance, run_dir_lock
@@ -74,6 +73,7 @@ class EvalPlan:
     behaviour_spec: ModelSpec  # the same weights in eval.behaviour_quantization (translation, LM loss)
     lexicons: AuditResult
     adapters: OpenedAdapters  # read and checked against the base model
+    names: list[str]  # run names: "run" / "run0", ...; "<recipe>/<i>" with several recipes
     probe: Probe  # the adapters' probe
     splits: dict  # split -> Lexicon
     queries: list[Query]  # few-shot translation prompts ([] unless eval.translation)
@@ -110,7 +110,13 @@ def plan(cfg, reported: set | None = None) -> EvalPlan:
     translation queries, the held-out text and the reported layers."""
     spec = cfg.model.loading()
     lexicons = load_lexicons(cfg.data, reported=reported)
-    adapters = open_adapters(cfg.adapter, spec, cfg.model.probe(), lexicons.info())
+    if cfg.adapter and cfg.adapters:
+        raise ConfigError("give adapter=... or +adapters.<recipe>=[...] (several recipes), not both")
+    recipes = {name: [str(d) for d in (dirs if isinstance(dirs, (list, tuple)) else [dirs])]
+               for name, dirs in cfg.adapters.items()}
+    paths = [d for dirs in recipes.values() for d in dirs] or cfg.adapter
+    adapters = open_adapters(paths, spec, cfg.model.probe(), lexicons.info())
+    names = [f"{name}/{i}" for name, dirs in recipes.items() for i in range(len(dirs))] or adapters.names()
     splits = {"train": lexicons.train, **({"control": lexicons.control} if lexicons.control is not None else {})}
     queries = translation_queries(cfg.eval, splits, cfg.seed) if cfg.eval.translation else []
     heldout = heldout_samples(cfg.eval, lexicons.train.src_lang, lexicons.train.tgt_lang) if cfg.eval.lm_loss else {}
@@ -127,7 +133,7 @@ def plan(cfg, reported: set | None = None) -> EvalPlan:
             raise AdapterError(f"adapter {path!r} was cross-fitted on another training lexicon: its held-out fold "
                                f"cannot be recovered from {lexicons.train.path}")
     behaviour_spec = replace(spec, quantization=cfg.eval.behaviour_quantization)
-    return EvalPlan(cfg, Path(cfg.paths.output_dir) / "eval", spec, behaviour_spec, lexicons, adapters,
+    return EvalPlan(cfg, Path(cfg.paths.output_dir) / "eval", spec, behaviour_spec, lexicons, adapters, names,
                     adapters.probe, splits, queries, heldout, n_layers, layers, unseen,
                     direction_label(lexicons.train, "forward"))
 
@@ -146,8 +152,10 @@ def measure(plan: EvalPlan) -> Measured:
     behaviour_before = behaviour(speaker, tokenizer, plan.queries, plan.heldout, cfg.eval)
     found, model, shared = Measured({}, [], [], {}, {}), base, speaker is base
     if plan.queries and cfg.eval.nn_shots:  # the prompt-only null, on the bare base: before any adapter
-        found.translation_rows += _nn_shots_rows(plan, speaker, tokenizer, before, behaviour_before)
-    for i, (name, adapter) in enumerate(zip(plan.adapters.names(), plan.adapters.paths, strict=True)):
+        found.translation_rows += nn_shots_rows(
+            speaker, tokenizer, plan.queries, behaviour_before["translation"], plan.lexicons.train, plan.adapters.cards,
+            plan.unseen, word_vectors(before, probe.target_layer), plan.forward, cfg.eval)
+    for i, (name, adapter) in enumerate(zip(plan.names, plan.adapters.paths, strict=True)):
         model = attach(model, adapter, name)
         speaker = model if shared else attach(speaker, adapter, name)
         after = {s: embed_split(model, tokenizer, lex, probe, None, bs) for s, lex in splits.items()}
@@ -187,17 +195,11 @@ def write_outputs(plan: EvalPlan, found: Measured) -> dict:
         "runs": runs,
         "aggregate": aggregate_all(list(runs.values()), plan.layers) if len(runs) > 1 else {},
     }
-    adapter_rows = [r for r in found.translation_rows if r["run"] != "nn_shots"]
-    nn_rows = [r for r in found.translation_rows if r["run"] == "nn_shots"]
-    if plan.queries and any(plan.unseen):  # every training-lexicon word scored once per seed, as unseen
-        summary["crossfit"] = pooled_translation(adapter_rows, cfg.eval.n_boot, cfg.seed)
-    if nn_rows:  # the prompt-only null on the same queries
-        summary["nulls"] = {"nn_shots": {"translation": summarize_translation(nn_rows, n_boot=cfg.eval.n_boot,
-                                                                              seed=cfg.seed),
-                                         **({"crossfit": pooled_translation(nn_rows, cfg.eval.n_boot, cfg.seed)}
-                                            if any(plan.unseen) else {})}}
+    summary.update(behaviour_summary(found.translation_rows, bool(cfg.adapters), any(plan.unseen), cfg.eval.n_boot,
+                                     cfg.seed))
+    nn_rows = (summary.get("nulls") or {}).get("nn_shots")
     if plan.queries:  # the design contract's top-level section: the run's, or the runs' and their aggregate
-        summary["translation"] = runs["run"]["translation"] if len(runs) == 1 else {
+        summary["translation"] = next(iter(runs.values()))["translation"] if len(runs) == 1 else {
             "runs": {n: r["translation"] for n, r in runs.items()}, "aggregate": summary["aggregate"]["translation"]}
     write_csv(found.pair_rows, out / "pairs.csv", ["run", "split", "source", "target", "layer", "cos_before",
                                                    "cos_after"])
@@ -264,28 +266,3 @@ def _log_wandb(cfg, summary: dict, out: Path, translation_rows: list[dict]) -> N
         run.log({**tables, "eval/report": wandb.Html("<pre>" + (out / "report.md").read_text() + "</pre>"), **images})
     finally:
         run.finish()
-
-
-
-
-def _nn_shots_rows(plan: EvalPlan, base, tokenizer, before: dict, behaviour_before: dict) -> list[dict]:
-    """translation.csv rows of the null "nn_shots" (tli.eval.nn_shots): the bare base model with nearest-neighbour
-    shots against the same model with the random shots, on the queries each adapter scores (per fold and seed for
-    cross-fitted adapters, whose shot pool excludes the held-out fold)."""
-    train = plan.lexicons.train
-    vecs = word_vectors(before, plan.probe.target_layer)
-    rows, done = [], set()
-    for card, words in zip(plan.adapters.cards, plan.unseen, strict=True):
-        fold_seed = {"fold": card.split.get("fold") if words else None, "seed": card.seed if words else None}
-        if tuple(fold_seed.values()) in done:
-            continue
-        done.add(tuple(fold_seed.values()))
-        pool = fold_split(train, card.split["crossfit"], fold_seed["fold"], card.seed)[0] if words else train.pairs
-        keep = scored_by(plan.queries, words, plan.forward)
-        queries = nn_queries([plan.queries[j] for j in keep], pool, vecs, plan.forward,
-                             (train.src_lang, train.tgt_lang), plan.cfg.eval.shots)
-        after = behaviour(base, tokenizer, queries, {}, plan.cfg.eval)["translation"]
-        mark = partial(mark_rows, **fold_seed, unseen=bool(words))
-        rows += [{"run": "nn_shots", **r} for r in before_after_rows(
-            mark([behaviour_before["translation"][j] for j in keep]), mark(after))]
-    return rows
