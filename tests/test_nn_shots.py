@@ -51,3 +51,10 @@ def test_the_null_scores_the_adapters_queries(tmp_path, tiny_dir, small_lexicons
     assert set(nn) >= {"train", "control"}
     report = (tmp_path / "e" / "eval" / "report.md").read_text()
     assert "| nearest-neighbour shots, no training | control |" in report
+    assert (tmp_path / "e" / "eval" / "gold_logprob.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from tli.eval.plots import gold_logprob_points
+
+    points = gold_logprob_points([{**r, "gold_logprob_before": float(r["gold_logprob_before"]),
+                                   "gold_logprob_after": float(r["gold_logprob_after"])} for r in rows])
+    assert set(points) == {"train", "control"}  # the adapter's queries, trained and control apart; not the null
+    assert len(points["train"][0]) == sum(r["run"] == "run" and r["split"] == "train" for r in rows)

@@ -4,6 +4,7 @@ registry."""
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from tli.io import atomic_write_bytes
 
 SCAN_PANELS = ["cosine", "margin_z", "mrr", "pool_p_at_1", "csls_p_at_1", "bos_norm_ratio"]
 LABELS = {**{m.name: m.label for m in METRICS.values()}, "bos_norm_ratio": "BOS norm / median word-token norm"}
-COLOURS = {"train": "tab:blue", "control": "tab:orange"}
+COLOURS = {"train": "tab:blue", "unseen": "tab:green", "control": "tab:orange"}
 
 
 def _figure(n_rows: int, n_cols: int, width: float, height: float):
@@ -79,17 +80,34 @@ def plot_before_after(curves: dict, path: str | Path, title: str) -> Path:
     return save_figure(fig, path)
 
 
-def plot_scatter(points: dict, path: str | Path, title: str) -> Path:
-    """points[split] = (cosine before (P,), cosine after (P,)) at one layer."""
+def plot_scatter(points: dict, path: str | Path, title: str, label: str = "cosine") -> Path:
+    """points[split] = (score before (P,), score after (P,)), one point per pair or query; the diagonal is no change."""
     fig, axes = _figure(1, 1, 5, 5)
     ax = axes[0][0]
-    lo, hi = 1.0, -1.0
+    lo, hi = math.inf, -math.inf
     for split, (before, after) in points.items():
+        if not before:
+            continue
         ax.scatter(before, after, s=8, alpha=0.6, label=split, color=COLOURS.get(split))
         lo, hi = min(lo, min(before), min(after)), max(hi, max(before), max(after))
-    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="no change")
-    ax.set_xlabel("cosine before")
-    ax.set_ylabel("cosine after")
+    if lo < hi:
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="no change")
+    ax.set_xlabel(f"{label} before")
+    ax.set_ylabel(f"{label} after")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def gold_logprob_points(rows: list[dict]) -> dict:
+    """plot_scatter points from translation.csv rows of adapters (not the nn_shots null): the gold translation's
+    mean log-probability per query, before and after, trained (or unseen) words and control words apart."""
+    points: dict = {}
+    for r in rows:
+        b, a = r.get("gold_logprob_before"), r.get("gold_logprob_after")
+        if r.get("run") == "nn_shots" or b is None or a is None or not (math.isfinite(b) and math.isfinite(a)):
+            continue
+        pair = points.setdefault(r["split"], ([], []))
+        pair[0].append(b)
+        pair[1].append(a)
+    return points

@@ -46,7 +46,7 @@ from tli.eval.behaviour import (
 )
 from tli.eval.evaluation import aggregate_all, curves, evaluate_run, layer_scores, pair_rows
 from tli.eval.nn_shots import nn_shots_rows, word_vectors
-from tli.eval.plots import plot_before_after, plot_scatter
+from tli.eval.plots import gold_logprob_points, plot_before_after, plot_scatter
 from tli.eval.pooled import heldout_words, mark_rows, scored_by
 from tli.eval.recipes import behaviour_summary
 from tli.eval.report import write_report
@@ -214,6 +214,12 @@ def write_outputs(plan: EvalPlan, found: Measured) -> dict:
     plot_before_after(found.figure, out / "layers.png", title)
     if found.points:
         plot_scatter(found.points, out / "scatter.png", f"per-pair cosine at index {plan.n_layers}: {title}")
+    gold = gold_logprob_points(found.translation_rows)
+    if gold:  # per query, every adapter's rows: did the gold translation become more likely?
+        plot_scatter(gold, out / "gold_logprob.png", f"gold translation log-prob per query: {title}",
+                     label="gold log-prob")
+    else:
+        (out / "gold_logprob.png").unlink(missing_ok=True)
     if cfg.logger.type == "wandb":
         _log_wandb(cfg, summary, out, found.translation_rows)
     return summary
