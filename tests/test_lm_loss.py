@@ -145,3 +145,19 @@ def test_aggregate_across_runs():
     assert aggregate_lm_loss(runs[:1] + [{"Korean": runs[1]["Korean"]}]).keys() == {"Korean"}  # languages all have
     md = lm_loss_aggregate_section(agg)
     assert "| English | 2 | 3.500 ± 0.000 |" in md and "| +3.0% ± 2.8% | 1 |" in md
+
+
+def test_the_comparison_states_its_minimum_detectable_effect():
+    from scipy.stats import norm
+
+    from tli.eval.lm_loss_stats import compare_lm_loss
+
+    b = [3.0, 3.5, 4.0, 4.2, 2.8, 3.9]
+    a = [3.1, 3.4, 4.3, 4.2, 3.0, 4.1]
+    state = lambda nll: {"sentence_nll": nll, "sentence_tokens": [5] * 6, "n_sentences": 6, "n_tokens": 30,  # noqa: E731
+                         "nll": sum(nll) / 6, "perplexity": 1.0}
+    got = compare_lm_loss(state(b), state(a))
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    mean = sum(diffs) / 6
+    sd = (sum((d - mean) ** 2 for d in diffs) / 5) ** 0.5
+    assert got["mde"] == pytest.approx((norm.ppf(0.975) + norm.ppf(0.8)) * sd / 6 ** 0.5)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import wilcoxon
 
+from tli.eval.power import mde_paired
 from tli.eval.stats import aggregate_runs, finite_pairs
 
 AGGREGATED = ("nll_before", "nll_after", "change", "relative_change")
@@ -55,7 +56,8 @@ def compare_lm_loss(before: Mapping[str, Any], after: Mapping[str, Any], *, thre
     rise = bool(relative > threshold and p < alpha)
     verdict = "RISE: the adapter made held-out text less likely" if rise else "no material rise"
     skipped = f", {dropped} sentences with a non-finite NLL left out of the test" if dropped else ""
-    out.update(change=change, relative_change=float(relative), wilcoxon_p=p, rise=rise)
+    out.update(change=change, relative_change=float(relative), wilcoxon_p=p, rise=rise,
+               mde=mde_paired(float((a - b).std(ddof=1)), int(b.size)) if b.size >= 2 else None)
     out["reading"] = (f"NLL {nll_b:.3f} -> {nll_a:.3f} nats/token ({100 * relative:+.1f}%), perplexity "
                       f"{before['perplexity']:.3g} -> {after['perplexity']:.3g}, Wilcoxon p (rise) = {p:.3g}{skipped}: "
                       f"{verdict} (flagged when > {100 * threshold:g}% and p < {alpha:g})")

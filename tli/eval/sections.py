@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tli.eval.metrics import PAIR_SCORES
+from tli.eval.power import mde_mcnemar
 from tli.eval.tables import fmt_number as _f
 from tli.eval.tables import fmt_p, markdown_table
 from tli.eval.translation_stats import AGGREGATED as TRANSLATION_AGGREGATED
@@ -105,14 +106,17 @@ def translation_section(summary: dict, *, aggregate: dict | None = None, max_wor
     `aggregate`, mean ± sd across runs)."""
     cells = [(split, d, s) for split, by in summary.items() if split != "targeted" for d, s in by.items()]
     table = [[split, d, s["n"], _acc(s, "accuracy_before"), _acc(s, "accuracy_after"), _acc(s, "change"),
-              s["mcnemar_b"], s["mcnemar_c"], fmt_p(s["mcnemar_p"])] for split, d, s in cells]
+              s["mcnemar_b"], s["mcnemar_c"], fmt_p(s["mcnemar_p"]),
+              _f(mde_mcnemar(s["n"], (s["mcnemar_b"] + s["mcnemar_c"]) / s["n"] if s["n"] else 0.0), 3)]
+             for split, d, s in cells]
     lines = [header, "",
              "Exact match after normalisation (Unicode NFC, case, surrounding punctuation and spaces, a leading "
              "English \"the\", \"a\", \"an\" or \"to\"); any listed translation counts. Brackets: 95% percentile "
              "bootstrap CIs (the change: paired). McNemar: exact binomial test on the discordant words "
-             "(b right → wrong, c wrong → right).", "",
+             "(b right → wrong, c wrong → right). MDE: the smallest accuracy change McNemar's test detects at this "
+             "n with power 0.8 (alpha 0.05), from the observed discordance (Connor 1987).", "",
              markdown_table(table, ["split", "direction", "n", "accuracy before", "accuracy after", "change", "b",
-                                    "c", "McNemar p"], align="llrlllrrr")]
+                                    "c", "McNemar p", "MDE"], align="llrlllrrrr")]
     if summary.get("targeted"):
         lines += ["", "Trained vs control words (difference of accuracy changes, splits resampled independently):", ""]
         lines += [f"- {d}: {c['reading']}" for d, c in summary["targeted"].items()]
@@ -185,13 +189,15 @@ def lm_loss_section(comparisons: Mapping[str, Mapping[str, Any]], header: str = 
     rows = [[lang, c["n_sentences"], c["n_tokens"], f"{c['nll_before']:.3f}", f"{c['nll_after']:.3f}",
              "n/a" if c["relative_change"] is None else f"{100 * c['relative_change']:+.1f}%",
              f"{c['perplexity_before']:.3g} → {c['perplexity_after']:.3g}",
-             fmt_p(c["wilcoxon_p"]), "**rise**" if c["rise"] else "ok"] for lang, c in comparisons.items()]
+             fmt_p(c["wilcoxon_p"]), _f(c.get("mde"), 3), "**rise**" if c["rise"] else "ok"]
+            for lang, c in comparisons.items()]
     lines = [header, "",
              "Mean negative log-likelihood per token (nats) of short held-out sentences, before and after the "
              "adapter. A rise is flagged when it exceeds the threshold and the per-sentence NLLs rose consistently "
-             "(one-sided Wilcoxon signed-rank test).", "",
+             "(one-sided Wilcoxon signed-rank test). MDE: the smallest mean per-sentence NLL change (nats) a paired "
+             "test detects at this n with power 0.8 (alpha 0.05).", "",
              markdown_table(rows, ["language", "sentences", "tokens", "NLL before", "NLL after", "change",
-                                   "perplexity", "Wilcoxon p", "flag"], align="lrrrrrlrl")]
+                                   "perplexity", "Wilcoxon p", "MDE", "flag"], align="lrrrrrlrrl")]
     risen = [lang for lang, c in comparisons.items() if c["rise"]]
     if risen:
         lines += ["", f"**Warning:** the language-modelling loss rose in {', '.join(risen)}: the adapter harms "
