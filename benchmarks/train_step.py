@@ -26,6 +26,15 @@ the model once per k):
 
     python benchmarks/train_step.py
     python benchmarks/train_step.py --ks 2 8 16 32 --model tiny      # the embedded tiny 32-block Llama
+
+`--compare-quantization nf4 none` measures something else: one TLIModule per quantization at one target layer
+(`--k`, default 18 = experiment=gemma_ko's index; `train.truncate=true` as train.py runs it), built the same way,
+with its own AdamW and schedule, on the same batch; after `--warmup` untimed steps each, `--repeat` timed steps per
+quantization alternate (A/B, then B/A, ...). The table gives the median (min) seconds per step, the ratio of the
+medians, the weights' bytes (parameters + buffers) of each model, and the process's resident high-water mark
+(ru_maxrss) after building each module (cumulative: the second figure includes the first model):
+
+    python benchmarks/train_step.py --compare-quantization nf4 none   # NF4 against full precision at k = 18
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
+from dataclasses import replace  # noqa: E402
 
 import _common as bench  # noqa: E402
 import torch  # noqa: E402
@@ -96,6 +106,57 @@ def step(module: TLIModule, optimizer, scheduler, batch: dict) -> float:
     return time.perf_counter() - start
 
 
+def weight_bytes(model) -> int:
+    """Parameters + buffers as stored (NF4: packed 4-bit weights as uint8 plus the float32 embedding and norms)."""
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def compare_quantization(args, spec, L, lora, optim, loss_settings, batch, n_tokens, header, wall) -> int:
+    """One module per quantization at target layer args.k; optimizer steps timed alternating between them."""
+    import resource
+
+    quants = list(args.compare_quantization)
+    runs, built_s, weights, rss = {}, {}, {}, {}
+    for quant in quants:
+        start = time.perf_counter()
+        qspec = replace(spec, quantization=quant)
+        module = TLIModule(qspec, Probe(target_layer=args.k), lora, build_loss(loss_settings), optim,
+                           TrainConfig(truncate=True))
+        module.configure_model()
+        built_s[quant] = time.perf_counter() - start
+        params = [p for p in module.parameters() if p.requires_grad]
+        built = optim.build(params, total_steps=1000)
+        runs[quant] = (module, built["optimizer"], built["lr_scheduler"]["scheduler"])
+        weights[quant] = weight_bytes(module.backbone)
+        rss[quant] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for _ in range(args.warmup):
+        for quant in quants:
+            step(*runs[quant], batch)
+    times: dict[str, list[float]] = {q: [] for q in quants}
+    for i in range(args.repeat):
+        for quant in (quants if i % 2 == 0 else list(reversed(quants))):
+            times[quant].append(step(*runs[quant], batch))
+    med = {q: statistics.median(t) for q, t in times.items()}
+    rows = [[q, args.k, f"{med[q]:.3f} ({min(times[q]):.3f})", f"{med[q] / med[quants[1]]:.2f}",
+             f"{weights[q] / 2**20:.0f}", f"{rss[q]:.0f}", f"{built_s[q]:.0f}"] for q in quants]
+    print(header)
+    print(f"model: {spec.name_or_path} ({L} blocks); LoRA r {lora.r}, alpha {lora.alpha:g}, dropout {lora.dropout} on "
+          f"{'/'.join(lora.target_modules)} of blocks 1..{args.k}; truncated forward; InfoNCE (temperature 0.05) on "
+          f"mean-pooled layer-{args.k} vectors; AdamW lr {optim.lr:g} + {optim.scheduler} schedule; nf4 = 4-bit NF4 "
+          "(bitsandbytes, double quantization, float32 compute), none = float32 weights")
+    B, T = batch["words"]["input_ids"].shape
+    print(f"batch: {args.batch_size} {args.data} training pairs = {B} words, {n_tokens} tokens ({B} x {T} padded); "
+          f"{args.warmup} warm-up + {args.repeat} timed steps per quantization, alternating")
+    print()
+    print(bench.md_table(["quantization", "k", "s/step median (min)", f"median / {quants[1]}'s",
+                          "weights MiB (parameters + buffers)", "process peak RSS MiB after building it (cumulative)",
+                          "build s (not timed)"], rows))
+    print()
+    print("all timed steps (s): " + "; ".join(f"{q}: " + ", ".join(f"{t:.3f}" for t in times[q]) for q in quants))
+    print(f"load average at the end: {bench.load_average()}; total wall time {time.perf_counter() - wall:.0f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=bench.GEMMA,
@@ -107,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant and k (default 2)")
     parser.add_argument("--repeat", type=int, default=9, help="timed steps per variant and k; median reported")
     parser.add_argument("--threads", type=int, default=1, help=bench.THREADS_HELP)
+    parser.add_argument("--compare-quantization", choices=QUANTIZATIONS, nargs=2, default=None, metavar="Q",
+                        help="time optimizer steps of two modules, one per quantization (e.g. nf4 none), at --k")
+    parser.add_argument("--k", type=int, default=18, help="target layer for --compare-quantization (default 18, "
+                        "experiment=gemma_ko's index)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")  # self.log() outside a Trainer, deprecations: noise for a benchmark
     bench.set_threads(args.threads)
@@ -134,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     batch = make_batch(tok, [p.source for p in pairs], [p.target for p in pairs], Probe().template)
     n_tokens = int(batch["words"]["attention_mask"].sum())
     B, T = batch["words"]["input_ids"].shape
+    if args.compare_quantization:
+        if not 1 <= args.k <= L:
+            parser.error(f"--k {args.k} outside this model's blocks 1..{L}")
+        return compare_quantization(args, spec, L, lora, optim, loss_settings, batch, n_tokens, header, wall)
 
     rows, failures, load_times = [], [], []
     for k in sorted(set(args.ks)):
