@@ -128,7 +128,8 @@ def test_wandb_offline_gets_the_report(trained, eval_cfg, tmp_path):
                           "logger.offline=true", "eval.layers=[32]", "eval.translation=true"))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
-    assert len(list(runs[0].glob("files/media/images/**/*.png"))) == 2  # per-layer curves and the scatter plot
+    # per-layer curves, the per-pair scatter plot and the per-query gold log-probability
+    assert len(list(runs[0].glob("files/media/images/**/*.png"))) == 3
     assert list(runs[0].glob("files/media/table/eval/table_*.table.json"))  # the statistics table
     tables = list(runs[0].glob("files/media/table/eval/translation_*.table.json"))
     assert len(tables) == 1  # the translation rows
