@@ -30,10 +30,19 @@ def folds(tmp_path_factory, tiny_dir, small_lexicons):
     return out
 
 
+@pytest.fixture(scope="module")
+def pooled(folds, tmp_path_factory, tiny_dir, small_lexicons):
+    """(summary, output dir) of one evaluation of the K adapters, translation and held-out loss in NF4."""
+    out = tmp_path_factory.mktemp("pooled")
+    summary = evaluate_job(compose("evaluate", [*job_overrides(out, tiny_dir, small_lexicons), "eval.n_boot=500",
+                                                f"adapter=[{','.join(map(str, folds))}]", "eval.translation=true",
+                                                "eval.layers=[32]", "eval.behaviour_quantization=nf4"]))
+    return summary, out
+
+
 @pytest.mark.slow
-def test_every_training_word_is_scored_once_as_unseen_by_the_adapter_that_never_saw_it(folds, eval_cfg, tmp_path):
-    summary = evaluate_job(eval_cfg(f"adapter=[{','.join(map(str, folds))}]", "eval.translation=true",
-                                    "eval.lm_loss=false", "eval.layers=[32]", "eval.behaviour_quantization=nf4"))
+def test_every_training_word_is_scored_once_as_unseen_by_the_adapter_that_never_saw_it(pooled, eval_cfg):
+    summary, tmp_path = pooled
     every = list(csv.DictReader((tmp_path / "eval" / "translation.csv").open(encoding="utf-8")))
     rows = [r for r in every if r["run"] != "nn_shots"]
     nn = [r for r in every if r["run"] == "nn_shots"]  # the prompt-only null: the same queries, fold and seed
@@ -74,9 +83,9 @@ def test_cross_fitted_and_plain_adapters_are_not_mixed(folds, tiny_dir, eval_cfg
         evaluate_job(eval_cfg(f"adapter=[{folds[0]},{plain / 'adapter'}]", out=tmp_path / "e"))
 
 
-def test_the_report_opens_with_the_behaviour_table(folds, eval_cfg, tmp_path):
-    summary = evaluate_job(eval_cfg(f"adapter=[{','.join(map(str, folds))}]", "eval.translation=true",
-                                    "eval.layers=[32]", "eval.behaviour_quantization=nf4"))
+@pytest.mark.slow
+def test_the_report_opens_with_the_behaviour_table(pooled):
+    summary, tmp_path = pooled
     report = (tmp_path / "eval" / "report.md").read_text()
     behaviour, representations = report.index("## Behaviour"), report.index("## run0")
     assert behaviour < representations
