@@ -58,3 +58,19 @@ def test_the_null_scores_the_adapters_queries(tmp_path, tiny_dir, small_lexicons
                                    "gold_logprob_after": float(r["gold_logprob_after"])} for r in rows])
     assert set(points) == {"train", "control"}  # the adapter's queries, trained and control apart; not the null
     assert len(points["train"][0]) == sum(r["run"] == "run" and r["split"] == "train" for r in rows)
+
+
+def test_a_null_scored_once_matches_every_adapters_rows():
+    from tli.eval.recipes import compare_recipes, matched_rows
+
+    def row(run, source, ok, fold=None, seed=None):
+        return {"run": run, "split": "control", "direction": "X->Y", "source": source, "fold": fold, "seed": seed,
+                "correct_after": ok, "correct_before": False}
+
+    recipe = [row("r/0", "a", True, seed=0), row("r/0", "b", False, seed=0), row("r/1", "a", True, seed=1)]
+    null = [row("nn_shots", "a", False), row("nn_shots", "b", True)]
+    matched = matched_rows(recipe, null)
+    assert [(m["source"], m["correct_before"], m["correct_after"]) for m in matched] == \
+        [("a", False, True), ("b", True, False), ("a", False, True)]
+    cell = compare_recipes(recipe + null, n_boot=200)["pairs"]["r vs nn_shots"]["translation"]["control"]["X->Y"]
+    assert (cell["correct"]["n"], cell["correct"]["b"], cell["correct"]["c"]) == (3, 1, 2)

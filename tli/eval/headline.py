@@ -55,7 +55,9 @@ def _pooled_rows(pooled: dict, source: str = "cross-fitted pool") -> list[dict]:
         for direction, cell in by.items():
             c = cell["correct"]
             signs = cell["seed_signs"]
-            agree = "same sign in every seed" if signs["same_sign_everywhere"] else "signs differ across seeds"
+            agree = ("same sign in every seed" if signs["same_sign_everywhere"] else
+                     "no change in any seed" if not (signs["n_positive"] or signs["n_negative"]) else
+                     "signs differ across seeds")
             rows.append({"source": source, "split": split, "direction": direction, "n": c["n"],
                          "accuracy": _ba(cell.get("accuracy_before"), cell.get("accuracy_after")),
                          "gold log-prob (mean)": _graded(cell.get("gold_logprob")),

@@ -29,9 +29,11 @@ def recipe_of(run: str) -> str:
 def matched_rows(a: Sequence[dict], b: Sequence[dict]) -> list[dict]:
     """Rows for "a vs b": b's after-state as before, a's as after, for the queries both scored in one stratum."""
     by_key = {tuple(str(r.get(k)) for k in KEY): r for r in b}
+    # a run scored once for every adapter (no fold, no seed: the nn_shots null of adapters not cross-fitted)
+    anywhere = {tuple(str(r.get(k)) for k in KEY[:3]): r for r in b if r.get("fold") is None and r.get("seed") is None}
     out = []
     for r in a:
-        other = by_key.get(tuple(str(r.get(k)) for k in KEY))
+        other = by_key.get(tuple(str(r.get(k)) for k in KEY)) or anywhere.get(tuple(str(r.get(k)) for k in KEY[:3]))
         if other is None:
             continue
         row = {k: r.get(k) for k in KEY}
