@@ -9,15 +9,18 @@ register()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float | tuple[float, float] | None:
     from tli.jobs.common import in_multirun, run_entry
+    from tli.jobs.sweep import sweep_value, sweeper_directions
     from tli.jobs.train import train_job
+
+    directions = sweeper_directions()  # checked before training: the objective, or (alignment, harm)
 
     if in_multirun() and not cfg.logger.group:
         from hydra.core.hydra_config import HydraConfig
 
         cfg.logger.group = HydraConfig.get().sweep.dir.replace("/", "_")  # one W&B group per sweep
-    return run_entry(train_job, cfg)["objective"]  # None for a failed job of a sweep (Optuna records it as failed)
+    return sweep_value(run_entry(train_job, cfg), directions)  # None: a failed job (Optuna records it as failed)
 
 
 if __name__ == "__main__":

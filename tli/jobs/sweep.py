@@ -1,12 +1,22 @@
-"""After a Hydra multirun: one table of every job's settings and metrics, best marked (CSV and Markdown)."""
+"""After a Hydra multirun: one table of every job's settings and metrics (CSV and Markdown), the best marked, the
+jobs whose harm exceeds the budget disqualified, and the Pareto front of alignment against harm; and the value
+train.py returns to a sweeper (`sweep_value`)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 from pathlib import Path
 
+from tli.errors import ConfigError
 from tli.eval.tables import markdown_table, write_csv
 from tli.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# Written by runs since issue 16 (metrics.json); a file without them summarises as before (no harm, no front).
+HARM_KEYS = ("alignment", "harm", "max_harm", "admissible")
 
 
 def _overrides(job: Path) -> list[str]:
@@ -15,9 +25,29 @@ def _overrides(job: Path) -> list[str]:
     return [o for o in (line.strip("- ") for line in lines) if o]
 
 
+def _number(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def _harm_fields(metrics: dict) -> dict:
+    """alignment, harm, max_harm and admissible of one metrics.json ({} for a file from before the harm budget)."""
+    values = metrics.get("metrics", {})
+    harm = metrics.get("harm", values.get("val/harm"))
+    if harm is None and not any(k in metrics for k in HARM_KEYS):
+        return {}
+    alignment = metrics.get("alignment")
+    if alignment is None:
+        alignment = values.get(metrics.get("objective_name"), metrics.get("objective"))
+    budget = metrics.get("max_harm")
+    admissible = metrics.get("admissible")
+    if admissible is None:  # the budget applied to the recorded harm
+        admissible = budget is None or (harm is not None and harm <= budget)
+    return {"alignment": alignment, "harm": harm, "max_harm": budget, "admissible": bool(admissible)}
+
+
 def collect(sweep_dir: str | Path) -> list[dict]:
-    """One row per job directory holding a metrics.json (its overrides and final metrics) or a failed.json (its
-    overrides and error, `status` failed)."""
+    """One row per job directory holding a metrics.json (its overrides and final metrics; with the harm budget also
+    alignment, harm, max_harm and admissible) or a failed.json (its overrides and error, `status` failed)."""
     rows = []
     jobs = {p.parent for pattern in ("*/metrics.json", "*/failed.json") for p in Path(sweep_dir).glob(pattern)}
     for job in sorted(jobs, key=lambda p: (len(p.name), p)):
@@ -27,7 +57,7 @@ def collect(sweep_dir: str | Path) -> list[dict]:
         if (job / "metrics.json").is_file():
             metrics = json.loads((job / "metrics.json").read_text())
             row.update(status="finished", objective_name=metrics.get("objective_name"),
-                       objective=metrics.get("objective"))
+                       objective=metrics.get("objective"), **_harm_fields(metrics))
             row.update({k: v for k, v in sorted(metrics.get("metrics", {}).items()) if k.startswith("val/")})
         else:
             failure = json.loads((job / "failed.json").read_text())
@@ -36,29 +66,138 @@ def collect(sweep_dir: str | Path) -> list[dict]:
     return rows
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points (alignment, harm) that no other point dominates: none has alignment >= and harm <= with
+    one of them strict. Equal points are all on the front. O(n log n): by harm ascending, then alignment
+    descending, a point is on the front when its alignment beats every alignment of lower harm, or ties the best of
+    its own harm."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][1], -points[i][0]))
+    front, best, i = [], -math.inf, 0
+    while i < len(order):
+        harm = points[order[i]][1]
+        group = [j for j in order[i:] if points[j][1] == harm]  # one harm level, alignment descending
+        top = points[group[0]][0]
+        if top > best:
+            front += [j for j in group if points[j][0] == top]
+            best = top
+        i += len(group)
+    return sorted(front)
+
+
+def _mark(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Sets `best` (the highest objective among admissible finished jobs) and, with harm recorded, `pareto`; returns
+    (the front's rows, the disqualified rows)."""
+    scored = [r for r in rows if _number(r.get("objective")) is not None and r.get("admissible", True)]
+    best = max(scored, key=lambda r: r["objective"]) if scored else None
+    placed = [r for r in rows if _number(r.get("alignment")) is not None and _number(r.get("harm")) is not None]
+    front = [placed[i] for i in pareto_front([(r["alignment"], r["harm"]) for r in placed])]
+    harmed = any("harm" in r for r in rows)
+    for r in rows:
+        r["best"] = "*" if r is best else ""
+        if harmed:
+            r["pareto"] = "*" if any(r is f for f in front) else ""
+    return front, [r for r in rows if r.get("admissible") is False]
+
+
+def _pct(x) -> str:
+    return "" if _number(x) is None else f"{100 * x:+.1f}%"
+
+
+def _harm_text(rows: list[dict], disqualified: list[dict]) -> str:
+    budgets = sorted({r["max_harm"] for r in rows if _number(r.get("max_harm")) is not None})
+    text = ("Harm: val/harm, the relative rise of the NLL of validation text (base-model samples) over the base "
+            "model, the larger of the two languages (lower is better); budget (objective.max_harm): "
+            + (", ".join(_pct(b).lstrip("+") for b in budgets) if budgets else "none") + ".")
+    if disqualified:
+        text += (f" Disqualified (harm above the budget, admissible = no, never best): job(s) "
+                 f"{', '.join(r['job'] for r in disqualified)}.")
+    return text + "\n\n"
+
+
+def _shown(r: dict) -> dict:
+    """A row as the Markdown tables show it: harm in percent, admissible as yes / **no**."""
+    return {**r, "harm": _pct(r.get("harm")), "admissible": {True: "yes", False: "**no**"}.get(r.get("admissible"), "")}
+
+
+def _front_section(front: list[dict]) -> str:
+    rows = [_shown(r) for r in sorted(front, key=lambda r: (r["harm"], -r["alignment"]))]
+    return (f"\n## Pareto front: alignment against harm ({len(front)} job(s))\n\nJobs no other job beats on both "
+            "(alignment as high or higher and harm as low or lower, one of them strictly), by harm.\n\n"
+            + markdown_table(rows, ["job", "overrides", "alignment", "harm", "admissible"]) + "\n")
+
+
 def write_summary(sweep_dir: str | Path) -> list[dict]:
+    """sweep_summary.csv and .md in the sweep directory (every job; best marked; with harm recorded, the harm
+    column, the disqualified jobs and the Pareto front). Returns the rows."""
     rows = collect(sweep_dir)
     if not rows:
         return rows
-    scored = [r for r in rows if isinstance(r["objective"], (int, float))]
-    best = max(scored, key=lambda r: r["objective"]) if scored else None
-    for r in rows:
-        r["best"] = "*" if r is best else ""
+    front, disqualified = _mark(rows)
+    harmed = any("harm" in r for r in rows)
     sweep_dir = Path(sweep_dir)
-    write_csv(rows, sweep_dir / "sweep_summary.csv", ["best", "job", "status", "overrides", "objective_name",
-                                                        "objective"])
+    write_csv(rows, sweep_dir / "sweep_summary.csv",
+              ["best", *(["pareto"] if harmed else []), "job", "status", "overrides", "objective_name", "objective",
+               *(HARM_KEYS if harmed else [])])
     finished = [r for r in rows if r["status"] == "finished"]
     failed = [r for r in rows if r["status"] == "failed"]
     metric_columns = sorted({c for r in rows for c in r if c.startswith("val/")})  # jobs may differ in layer k
     columns = ["best", "job", "overrides", "objective"] + metric_columns
+    shown = finished
+    if harmed:
+        columns[4:4] = ["alignment", "harm", "admissible", "pareto"]
+        shown = [_shown(r) for r in finished]
     name = finished[0]["objective_name"] if finished else None
     text = f"# Sweep summary: {sweep_dir}\n\nObjective: {name} (higher is better; * = best)\n\n"
-    text += (markdown_table(finished, columns) if finished else "No job finished.") + "\n"
+    if harmed:
+        text += _harm_text(finished, disqualified)
+    text += (markdown_table(shown, columns) if finished else "No job finished.") + "\n"
+    if front:
+        text += _front_section(front)
     if failed:
         text += (f"\n## Failed jobs ({len(failed)} of {len(rows)})\n\n"
                  + markdown_table(failed, ["job", "overrides", "error"]) + "\n")
     atomic_write_text(sweep_dir / "sweep_summary.md", text)
     return rows
+
+
+def sweeper_directions(sweeper=None) -> list[str]:
+    """What the sweeper optimises (`hydra.sweeper.direction`, read from the running Hydra job when `sweeper` is None):
+    ["maximize"] (the objective; also a sweeper without directions, such as the basic grid, and a single run) or
+    ["maximize", "minimize"] (alignment and harm: hparams_search=optuna_harm). Anything else is a ConfigError."""
+    if sweeper is None:
+        from tli.jobs.common import in_hydra
+
+        if not in_hydra():
+            return ["maximize"]
+        from hydra.core.hydra_config import HydraConfig
+
+        sweeper = HydraConfig.get().sweeper
+    direction = sweeper.get("direction", "maximize") if sweeper is not None else "maximize"
+    direction = [direction] if isinstance(direction, str) or not hasattr(direction, "__iter__") else list(direction)
+    names = [str(getattr(d, "name", d)) for d in direction]  # Optuna's Direction enum or its name
+    if names not in (["maximize"], ["maximize", "minimize"]):
+        raise ConfigError(f"hydra.sweeper.direction={names}: train.py returns the objective (direction: maximize) or "
+                          "alignment and harm (direction: [maximize, minimize], hparams_search=optuna_harm)")
+    return names
+
+
+def sweep_value(result: dict, directions: list[str]) -> float | tuple[float, float] | None:
+    """What train.py returns to the sweeper for a job's `result` (metrics.json's content): the objective (None for a
+    failed or disqualified job: Optuna records the trial as failed), or with two directions the pair (alignment,
+    harm), recorded for disqualified jobs too (the search maps the front beyond the budget; the summary never
+    picks them as best); None when either is missing or not finite."""
+    if len(directions) == 1:
+        return result.get("objective")
+    if result.get("failed"):
+        return None
+    fields = _harm_fields(result)
+    alignment, harm = _number(fields.get("alignment")), _number(fields.get("harm"))
+    if alignment is None or harm is None:
+        log.error("the job records no finite alignment and harm (alignment %s, harm %s): the multi-objective search "
+                  "needs both (val/harm is scored on validation text at every validation)",
+                  fields.get("alignment"), fields.get("harm"))
+        return None
+    return alignment, harm
 
 
 class _HydraCallback:
