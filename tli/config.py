@@ -30,6 +30,7 @@ from tli.model.lora import LoraConfig
 from tli.training.checkpoints import CallbacksConfig, ObjectiveConfig
 from tli.training.module import TrainConfig
 from tli.training.optim import OptimConfig
+from tli.training.preserve import PreserveConfig
 
 
 @dataclass
@@ -98,6 +99,7 @@ class TLIConfig:
     loss: dict[str, Any] = _section(factory=lambda: {"name": "infonce"}, jobs=("train",))  # tli.training.losses
     optim: OptimConfig = _section(factory=OptimConfig, jobs=("train",))
     train: TrainConfig = _section(factory=TrainConfig, jobs=("train",))
+    preserve: PreserveConfig = _section(factory=PreserveConfig, jobs=("train",))  # behaviour-preserving terms
     objective: ObjectiveConfig = _section(factory=ObjectiveConfig, jobs=("train",))
     trainer: dict[str, Any] = _section(factory=dict, jobs=("train",))  # any Lightning Trainer argument
     callbacks: CallbacksConfig = _section(factory=CallbacksConfig, jobs=("train",))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+from functools import partial
 
 import lightning as L
 import torch
@@ -18,6 +19,7 @@ from tli.data.lexicon import Lexicon, Pair
 from tli.data.sampling import ResumableLoader, UniqueBatchSampler
 from tli.errors import ConfigError, DataError
 from tli.model.embed import Encoded, collate, tokenize_words
+from tli.training.translation_lm import translation_batch
 
 log = logging.getLogger(__name__)
 MIN_VAL_PAIRS = 5  # fewer validation pairs give degenerate retrieval figures (1 pair: MRR 1.0, no baseline)
@@ -40,19 +42,25 @@ class PairDataset(Dataset):
 
 
 class PairCollator:
-    """(pair index, src id, tgt id) items -> one padded batch of the source and target words, plus the ids."""
+    """(pair index, src id, tgt id) items -> one padded batch of the source and target words, plus the ids; with
+    `translation` (a function of the batch's (source, target) strings), the translation-LM sequences too."""
 
-    def __init__(self, src_encoded: list[Encoded], tgt_encoded: list[Encoded], pad_id: int):
+    def __init__(self, src_encoded: list[Encoded], tgt_encoded: list[Encoded], pad_id: int, translation=None,
+                 words: tuple[list[str], list[str]] | None = None):
         self.src_encoded, self.tgt_encoded, self.pad_id = src_encoded, tgt_encoded, pad_id
+        self.translation, self.words = translation, words
 
     def __call__(self, items: list[tuple[int, int, int]]) -> dict:
         words = [self.src_encoded[s] for _, s, _ in items] + [self.tgt_encoded[t] for _, _, t in items]
-        return {
+        batch = {
             "words": collate(words, self.pad_id),  # (2B, T): sources then targets, one forward pass
             "pair_idx": torch.tensor([i for i, _, _ in items]),  # (B,)
             "src_ids": torch.tensor([s for _, s, _ in items]),  # (B,)
             "tgt_ids": torch.tensor([t for _, _, t in items]),  # (B,)
         }
+        if self.translation is not None:  # (2B, T') few-shot prompts, both directions
+            batch["translation"] = self.translation([(self.words[0][s], self.words[1][t]) for _, s, t in items])
+        return batch
 
 
 def split_validation(lexicon: Lexicon | list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
@@ -97,8 +105,9 @@ class PairDataModule(L.LightningDataModule):
     validation loader serves every training word once, for the centring statistics of the validation metrics."""
 
     def __init__(self, data: DataConfig, tokenizer, template: str = "{word}", seed: int = 0,
-                 centring_words: bool = False):
+                 centring_words: bool = False, translation_shots: int | None = None):
         super().__init__()
+        self.translation_shots = translation_shots  # not None: training batches carry translation-LM sequences
         self.data_cfg, self.tokenizer, self.template, self.seed = data, tokenizer, template, seed
         self.batch_size, self.val_fraction, self.num_workers = data.batch_size, data.val_fraction, data.num_workers
         self.centring_words = centring_words
@@ -149,6 +158,13 @@ class PairDataModule(L.LightningDataModule):
         tgt_index = {w: i for i, w in enumerate(tgt_words)}
         src_enc, tgt_enc = (tokenize_words(self.tokenizer, words, self.template) for words in (src_words, tgt_words))
         self.collator = PairCollator(src_enc, tgt_enc, self.tokenizer.pad_token_id)
+        self.train_collator = self.collator
+        if self.translation_shots is not None:
+            d, tok, shots = self.data_cfg, self.tokenizer, self.translation_shots
+            self.train_collator = PairCollator(src_enc, tgt_enc, tok.pad_token_id, words=(src_words, tgt_words),
+                                               translation=partial(translation_batch, tokenizer=tok,
+                                                                   src_lang=d.src_lang, tgt_lang=d.tgt_lang,
+                                                                   shots=shots))
         self.word_collator = WordCollator(src_enc, tgt_enc, self.tokenizer.pad_token_id)
         self.train_set = PairDataset(train_pairs, src_index, tgt_index)
         self.val_set = PairDataset(val_pairs, src_index, tgt_index)
@@ -175,7 +191,7 @@ class PairDataModule(L.LightningDataModule):
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = UniqueBatchSampler(self.train_set.src_ids, self.train_set.tgt_ids, self.batch_size, self.seed,
                                      num_replicas=replicas, rank=rank)
-        loader = ResumableLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collator,
+        loader = ResumableLoader(self.train_set, batch_sampler=sampler, collate_fn=self.train_collator,
                                  num_workers=self.num_workers, progress=self._processed, epoch=self._current_epoch,
                                  generator=self._generator())
         if self._loader_state is not None:  # resuming: see state_dict

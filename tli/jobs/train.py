@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -27,8 +28,9 @@ from tli.model.card import AdapterCard
 from tli.model.loading import check_layer, load_config, load_tokenizer, num_layers, weights_fingerprint
 from tli.training.checkpoints import AtomicCheckpointIO, checkpoint_callbacks
 from tli.training.losses import build_loss
-from tli.training.module import TLIModule
+from tli.training.module import Harm, TLIModule
 from tli.training.resume import GracefulStop, RunSettings, check_resume_settings, resolve_ckpt_path
+from tli.training.text import TextSource
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,13 @@ def validate(cfg) -> tuple:
     n = num_layers(config)
     check_layer(config, cfg.model.target_layer, "model.target_layer", low=1)
     cfg.lora.block_numbers(cfg.model.target_layer, n)
+    cfg.preserve.layers(cfg.model.target_layer, n)
+    align = loss.options
+    if not (align.weight or align.translation_lm):
+        raise ConfigError("loss.weight=0 and loss.translation_lm=0: nothing to train (give either a weight > 0)")
+    if cfg.train.schedule == "alternate" and not cfg.preserve.active:
+        raise ConfigError("train.schedule=alternate alternates alignment and preservation steps: set preserve.kl or "
+                          "preserve.retain > 0, or use train.schedule=sum")
     return config, loss, cfg.objective.key(cfg.model.target_layer, n)
 
 
@@ -102,7 +111,7 @@ def run_settings(cfg, card) -> dict:
                if k not in ("cache_dir", "name_or_path", "revision", "quantization")}
     data = {k: v for k, v in asdict(cfg.data).items()
             if k not in ("train_file", "control_file", "num_workers", "src_field", "tgt_field")}
-    return {**card.defining(), "loading": loading, "optim": asdict(cfg.optim),
+    return {**card.defining(), "loading": loading, "optim": asdict(cfg.optim), "preserve": asdict(cfg.preserve),
             "train": {k: v for k, v in asdict(cfg.train).items() if k != "allow_changes"},
             "objective": asdict(cfg.objective), "data": data,
             "trainer": {k: cfg.trainer.get(k) for k in OPTIMISATION_TRAINER_KEYS}}
@@ -111,11 +120,11 @@ def run_settings(cfg, card) -> dict:
 def train_job(cfg, extra_callbacks=()) -> dict:
     """Train from a typed config (`tli.config.TLIConfig`); returns the final metrics (also in metrics.json)."""
     out = Path(cfg.paths.output_dir)
-    config, loss, monitor = validate(cfg)
+    config, loss, key = validate(cfg)
     started = time.monotonic()
     reported: set = set()  # audit findings logged once, though training and its evaluation both audit
     with run_dir_lock(out):
-        result = _train(cfg, out, loss, monitor, extra_callbacks, reported)
+        result = _train(cfg, out, loss, key, extra_callbacks, reported)
     if rank_zero_only.rank == 0:
         print_summary(result, cfg, out, time.monotonic() - started)
         if cfg.evaluate:  # after the lock is released: the evaluation takes its own
@@ -147,6 +156,13 @@ def print_summary(result: dict, cfg, out: Path, seconds: float) -> None:
     if rows:
         where = f"index {k} = target = last" if k == n_layers else f"index {k} = target, {n_layers} = last"
         lines.append(f"  validation   ({result['n_val_pairs']} held-out pairs; {where}) " + "; ".join(rows))
+    changes = {k.split("/", 2)[2]: v for k, v in metrics.items() if k.startswith("val/nll_change/") and v is not None}
+    if changes:
+        budget = result.get("max_harm")
+        verdict = "no budget" if budget is None else \
+            f"budget {budget:.0%}: {'within' if result.get('admissible') else 'OVER, no objective'}"
+        lines.append("  harm         validation text (base-model samples) NLL change: "
+                     + ", ".join(f"{lang} {v:+.2%}" for lang, v in changes.items()) + f" ({verdict})")
     if not cfg.evaluate:
         lines.append(f"  evaluate it  python evaluate.py {' '.join(evaluate_overrides(cfg))} adapter={out / 'adapter'}")
     print("\n".join(lines))
@@ -168,7 +184,41 @@ def evaluate_overrides(cfg) -> list[str]:
             f"data.tgt_field={d.tgt_field}", f"data.src_lang={d.src_lang}", f"data.tgt_lang={d.tgt_lang}"]
 
 
-def _train(cfg, out: Path, loss, monitor: str, extra_callbacks, reported: set | None = None) -> dict:
+def harm_settings(cfg, tokenizer, lexicons, key: str) -> Harm:
+    """The validation and preservation text of a run (tli.training.text) and its harm budget."""
+    p, d = cfg.preserve, cfg.data
+    if not (cfg.objective.score_text or p.active) or (d.val_fraction == 0 and not p.active):
+        return Harm()
+    spec = cfg.model.loading()
+    words = lexicons.train.pairs
+    source = TextSource(langs=(d.src_lang, d.tgt_lang), seed=cfg.seed, n_train=p.n_text,
+                        n_val=p.n_val_text if cfg.objective.score_text and d.val_fraction > 0 else 0,
+                        max_new_tokens=p.max_new_tokens, fingerprint=weights_fingerprint(spec),
+                        cache_dir=spec.cache_dir, files=list(p.text_files),
+                        fallback={d.src_lang: sorted({w.source for w in words})[:32],
+                                  d.tgt_lang: sorted({w.target for w in words})[:32]})
+    return Harm(text=source, objective_key=key, max_harm=cfg.objective.max_harm, tokenizer=tokenizer)
+
+
+def _finite(value) -> float | None:
+    """A float for metrics.json; None for -inf (every epoch over the harm budget) or NaN."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def harm_verdict(result: dict, metrics: dict, max_harm: float | None) -> dict:
+    """What metrics.json says about the harm budget: the kept adapter's alignment and harm (the last validation's;
+    for a kept best checkpoint, its objective already excludes epochs over the budget), and whether it is within."""
+    harm = metrics.get("val/harm")
+    alignment = result["objective"]
+    admissible = max_harm is None or (harm is not None and harm <= max_harm)
+    if result.get("kept") == "best" and max_harm is not None:
+        admissible = alignment is not None
+    return {"alignment": metrics.get(result["objective_name"]), "harm": harm, "max_harm": max_harm,
+            "admissible": admissible, "objective": alignment if admissible else None}
+
+
+def _train(cfg, out: Path, loss, key: str, extra_callbacks, reported: set | None = None) -> dict:
     ckpt_dir = out / "checkpoints"
     ckpt_path, ckpt = resolve_ckpt_path(cfg.ckpt_path, ckpt_dir)
     if ckpt is None and list(ckpt_dir.glob("*.ckpt")):
@@ -177,19 +227,24 @@ def _train(cfg, out: Path, loss, monitor: str, extra_callbacks, reported: set | 
     L.seed_everything(cfg.seed, workers=True)
     spec, probe = cfg.model.loading(), cfg.model.probe()
     tokenizer = load_tokenizer(spec)
+    align = loss.options
     datamodule = PairDataModule(cfg.data, tokenizer, template=probe.template, seed=cfg.seed,
-                                centring_words=cfg.metrics.centre)
+                                centring_words=cfg.metrics.centre,
+                                translation_shots=align.translation_shots if align.translation_lm else None)
     lexicons = datamodule.prepare_lexicons(reported)  # bad files fail here, before the weights load
     d = cfg.data
     split = {"crossfit": d.crossfit, "fold": d.fold, "derange": d.derange, "val_fraction": d.val_fraction}
-    card = run_card(cfg, lexicons, lora=asdict(cfg.lora), loss=loss.settings, split=split)
+    card = run_card(cfg, lexicons, lora=asdict(cfg.lora), loss=loss.settings, split=split,
+                    preserve={**asdict(cfg.preserve), "schedule": cfg.train.schedule})
     settings = run_settings(cfg, card)
     changed = check_resume_settings(ckpt, ckpt_path, settings, cfg.train.allow_changes) if ckpt else {}
-    module = TLIModule(spec, probe, cfg.lora, loss, cfg.optim, cfg.train, cfg.metrics, hparams=settings)
+    module = TLIModule(spec, probe, cfg.lora, loss, cfg.optim, cfg.train, cfg.metrics, hparams=settings,
+                       preserve=cfg.preserve, harm=harm_settings(cfg, tokenizer, lexicons, key))
     logger = lightning_logger(cfg.logger, asdict(cfg), out)
     stop = GracefulStop(ckpt_dir)
     try:
-        trainer = build_trainer(cfg, out, monitor, logger, [RunSettings(settings), stop, *extra_callbacks])
+        trainer = build_trainer(cfg, out, cfg.objective.monitor(key), logger,
+                                [RunSettings(settings), stop, *extra_callbacks])
         check_distributed(trainer, loss)
         job_started()  # every check passed: from here on a failure is this run's, no longer a refusal
         try:
@@ -198,13 +253,15 @@ def _train(cfg, out: Path, loss, monitor: str, extra_callbacks, reported: set | 
             stop.sigterm_exit()  # outside SLURM: stop like Ctrl-C (below); under SLURM, Lightning's requeue path
         if stop.stopped:
             raise stop.error(trainer.global_step, out)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        # an epoch over the harm budget logs val/objective = -inf: null in metrics.json (valid JSON)
+        metrics = {k: float(v) if math.isfinite(float(v)) else None for k, v in trainer.callback_metrics.items()}
         card = card.with_updates(base_fingerprint=weights_fingerprint(spec), resumed_with_changes=changed)
-        result = {"objective_name": monitor, "objective": metrics.get(monitor), "global_step": trainer.global_step,
+        result = {"objective_name": key, "objective": metrics.get(key), "global_step": trainer.global_step,
                   "epochs": trainer.current_epoch, "metrics": metrics, "validation_before": module.before_training,
                   "n_val_pairs": len(datamodule.val_pairs), "n_layers": module.n_layers, "settings": card.to_dict()}
         if trainer.is_global_zero:
             result.update(export_adapters(trainer, module, out, card, cfg.objective.keep))
+            result.update(harm_verdict(result, metrics, cfg.objective.max_harm))
             atomic_write_json(out / "metrics.json", result)
             write_audit(lexicons, out / "audit.json")
         return result
@@ -223,7 +280,7 @@ def export_adapters(trainer: L.Trainer, module: TLIModule, out: Path, card: Adap
     other = "adapter_best" if keep == "last" else "adapter_last"
     found: dict = {"kept": keep if best else "last"}
     if best:
-        found["best"] = {"path": best, "score": float(ckpt_cb.best_model_score)}
+        found["best"] = {"path": best, "score": _finite(ckpt_cb.best_model_score)}
     if keep == "last" or not best:
         save_adapter(module.backbone, out / "adapter", card.with_updates(checkpoint="last"))
     else:
@@ -234,5 +291,5 @@ def export_adapters(trainer: L.Trainer, module: TLIModule, out: Path, card: Adap
         save_adapter(module.backbone, out / ("adapter" if keep == "best" else other),
                      card.with_updates(checkpoint="best"))
         if keep == "best":
-            found["objective"] = float(ckpt_cb.best_model_score)
+            found["objective"] = _finite(ckpt_cb.best_model_score)
     return found

@@ -23,6 +23,11 @@ class ObjectiveConfig:
     layer: Any = "last"  # last (index L) | target (index k) | a hidden-state index
     centred: bool = False  # the metric after centring each language on the training words
     keep: str = "last"  # adapter/ holds the last adapter (default) or the best by the objective
+    # Harm budget: validation text (the base model's own samples, never the evaluation's held-out sentences) is
+    # scored every validation; an epoch whose NLL rose by more than max_harm (relative, in either language) is
+    # disqualified: it is never the best checkpoint, and a run whose kept adapter is over it has no objective.
+    score_text: bool = True
+    max_harm: float | None = 0.02  # null: no budget (val/harm is still logged when score_text)
 
     def __post_init__(self):
         if not metric(self.metric, "objective.metric").higher_is_better:
@@ -32,6 +37,15 @@ class ObjectiveConfig:
             raise ConfigError(f"objective.layer={self.layer!r} must be last, target or a hidden-state index")
         if self.keep not in ("last", "best"):
             raise ConfigError(f"objective.keep={self.keep!r} must be last or best")
+        if self.max_harm is not None and (isinstance(self.max_harm, bool) or self.max_harm < 0):
+            raise ConfigError(f"objective.max_harm={self.max_harm!r} must be a relative NLL rise >= 0 or null")
+        if self.max_harm is not None and not self.score_text:
+            raise ConfigError("objective.max_harm needs objective.score_text=true (the harm is measured on validation "
+                              "text); set objective.max_harm=null to train without a budget")
+
+    def monitor(self, key: str) -> str:
+        """What the best checkpoint is chosen by: `val/objective` (the objective within the harm budget) or `key`."""
+        return "val/objective" if self.max_harm is not None else key
 
     def key(self, target_layer: int, n_layers: int) -> str:
         """The logged name, e.g. `val/mrr@18`; the layer must be one validation reports (k or L)."""

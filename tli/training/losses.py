@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tli.errors import ConfigError
+from tli.training.objective import AlignOptions
 
 
 def false_negative_mask(src_ids: torch.Tensor, tgt_ids: torch.Tensor) -> torch.Tensor:
@@ -188,9 +189,12 @@ LOSSES: dict[str, type[ContrastiveLoss]] = {"infonce": InfoNCE, "triplet": Batch
 
 def build_loss(cfg: dict) -> ContrastiveLoss:
     """`loss.name` picks the loss; the other `loss.*` keys are its constructor's arguments, type-checked here (a
-    Hydra schema cannot type them: each loss has its own)."""
+    Hydra schema cannot type them: each loss has its own), or the options every loss shares
+    (tli.training.objective.AlignOptions: anchor, centred, centre_momentum, weight, translation_lm,
+    translation_shots)."""
     options = dict(cfg)
     name = options.pop("name", None)
+    align = AlignOptions.pop_from(options)  # anchor, centred, weight, translation_lm: shared by every loss
     if name not in LOSSES:
         raise ConfigError(f"loss.name={name!r} is not a loss; valid: {', '.join(LOSSES)}")
     cls = LOSSES[name]
@@ -205,5 +209,6 @@ def build_loss(cfg: dict) -> ContrastiveLoss:
         if not ok:
             raise ConfigError(f"loss.{key}={value!r} must be a {expected.__name__}")
     loss = cls(**options)
-    loss.settings = {"name": name, **options}  # what the run used, for checkpoints and sidecars
+    loss.options = align
+    loss.settings = {"name": name, **options, **align.settings()}  # what the run used, for checkpoints and sidecars
     return loss

@@ -1,28 +1,39 @@
 """The LightningModule: a (4-bit) causal LM with LoRA adapters, trained with a contrastive loss at layer k.
 
-Training runs only blocks 1..k (`truncate=True`): identical loss and gradients, a fraction of the cost. Validation
+A training step adds up weighted terms (`train/<term>` in the logs): the contrastive loss at layer k (`align`), the
+translation-LM loss (`translation_lm`), and the behaviour-preserving `kl` and `retain` on the base model's own text
+(tli.training.preserve, tli.training.objective for anchor, centring and the schedule). The contrastive term runs
+only blocks 1..k (`truncate=True`): identical loss and gradients, a fraction of the cost; the others need the full
+model. Validation
 runs the full model and scores the validation pairs at the target layer and the last layer with the same function
 as the scan and the evaluation (`tli.eval.metrics.alignment`), raw and, with `metrics.centre`, after centring each
 language on the training words (`val/<metric>@<index>`, `val/centred/<metric>@<index>`). Checkpoints hold only the
-trainable tensors plus optimizer, scheduler, loop, loader and RNG state; never the frozen base.
+trainable tensors plus optimizer, scheduler, loop, loader and RNG state (and the running centres); never the frozen
+base. With validation text (`objective.score_text`), every validation also scores the base model's samples:
+`val/nll/<lang>`, `val/nll_change/<lang>` (relative to the base model on the same text) and `val/harm` (the larger
+change); with `objective.max_harm`, `val/objective` is the objective where harm is within the budget, else -inf.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
-from tli.errors import CheckpointError, TrainingError
+from tli.errors import CheckpointError, ConfigError, TrainingError
 from tli.eval.metrics import METRICS, Centring, MetricsConfig, alignment, metric_key
 from tli.eval.pairs import GoldPairs
 from tli.model.embed import Probe, hidden_states, pool
 from tli.model.loading import ModelSpec, load_model, num_layers, truncated
 from tli.model.lora import LoraConfig, apply_lora
 from tli.training.losses import ContrastiveLoss
+from tli.training.objective import SCHEDULES, AlignOptions, RunningCentre, active_groups
 from tli.training.optim import OptimConfig, Schedule
+from tli.training.preserve import PreserveConfig, forward_text, kl_cached, kl_live, retain_distance
+from tli.training.text import PreservationText, TextSource
 
 
 @dataclass
@@ -32,12 +43,27 @@ class TrainConfig:
     truncate: bool = True  # run only blocks 1..k in training steps (identical loss and gradients, faster)
     gradient_checkpointing: bool = False
     allow_changes: bool = False  # resume a checkpoint even if the run's settings changed (the outputs record them)
+    schedule: str = "sum"  # sum: every term each step | alternate: alignment and preservation terms take turns
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+
+
+@dataclass
+class Harm:
+    """What validation text is scored for (`objective.score_text`) and the budget (`objective.max_harm`)."""
+
+    text: TextSource | None = None
+    objective_key: str | None = None
+    max_harm: float | None = None
+    tokenizer: object = field(default=None, repr=False)
 
 
 class TLIModule(L.LightningModule):
     def __init__(self, model: ModelSpec, probe: Probe, lora: LoraConfig, loss: ContrastiveLoss, optim: OptimConfig,
                  options: TrainConfig | None = None, metrics: MetricsConfig | None = None,
-                 hparams: dict | None = None):
+                 hparams: dict | None = None, preserve: PreserveConfig | None = None, harm: Harm | None = None):
         super().__init__()
         self.spec, self.probe, self.lora_spec, self.optim_cfg = model, probe, lora, optim
         self.options, self.metric_options = options or TrainConfig(), metrics or MetricsConfig()
@@ -48,6 +74,10 @@ class TLIModule(L.LightningModule):
                                    "train": asdict(self.options), "metrics": asdict(self.metric_options)})
         self.k = probe.target_layer
         self.loss_fn = loss
+        self.align = getattr(loss, "options", None) or AlignOptions()
+        self.preserve, self.harm = preserve or PreserveConfig(), harm or Harm()
+        self.centre = RunningCentre(self.align.centre_momentum)
+        self.text: PreservationText | None = None
         self.backbone = None
         self.strict_loading = False  # checkpoints hold only trainable tensors
         self._rng_to_restore = None
@@ -67,6 +97,20 @@ class TLIModule(L.LightningModule):
             self.backbone.enable_input_require_grads()
         self.n_layers = num_layers(base.config)
         self.eval_layers = sorted({self.k, self.n_layers})
+        self.retain_layers = self.preserve.layers(self.k, self.n_layers)
+
+    def on_fit_start(self) -> None:
+        """The base model's own text (sampled with the adapters disabled; cached per model, language and seed), and
+        the cached top-k reference; the same in a resumed run."""
+        needs_train = self.preserve.kl > 0 or (self.preserve.retain > 0 and self.preserve.retain_on == "text")
+        if self.text is None and self.harm.text is not None and (needs_train or self.harm.text.n_val):
+            with self.backbone.disable_adapter():
+                self.text = PreservationText(self.backbone, self.harm.tokenizer, self.harm.text,
+                                             need_train=needs_train)
+                if needs_train and self.preserve.kl and self.preserve.reference == "cached":
+                    self.text.cache_reference(self.backbone, self.preserve.top_k)
+                if self.text.val:
+                    self.text.base_nll = self.text.nll(self.backbone)
 
     def embed(self, words: dict, layers: list[int]) -> torch.Tensor:
         """Pooled, normalised embeddings (n_layers, B, D) of a padded word batch."""
@@ -81,8 +125,17 @@ class TLIModule(L.LightningModule):
     # ---- training --------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         B = batch["src_ids"].shape[0]
-        vecs = self.layer_k(batch["words"])  # (2B, D): sources then targets, one forward pass
-        loss = self.loss_fn(vecs[:B], vecs[B:], batch["src_ids"], batch["tgt_ids"])
+        weights = {"align": self.align.weight, "translation_lm": self.align.translation_lm,
+                   "kl": self.preserve.kl, "retain": self.preserve.retain}
+        groups = active_groups(self.options.schedule, self.global_step, self.preserve.active)
+        terms = {}
+        if "align" in groups and weights["align"]:
+            terms["align"] = self.align_term(batch)
+        if "translation_lm" in groups and weights["translation_lm"]:
+            terms["translation_lm"] = self.translation_term(batch["translation"])
+        if ("kl" in groups and weights["kl"]) or ("retain" in groups and weights["retain"]):
+            terms.update(self.preservation_terms(batch, weights))
+        loss = sum(weights[name] * value for name, value in terms.items())
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"non-finite training loss ({loss.item()}) at global step {self.global_step} (epoch "
@@ -91,9 +144,62 @@ class TLIModule(L.LightningModule):
             )
         # sync_dist: the mean over processes, which is the global batch's mean loss (see InfoNCE.forward).
         self.log("train/loss", loss, prog_bar=True, batch_size=B, sync_dist=True)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.detach(), batch_size=B)
         for name, value in self.loss_fn.logged().items():
             self.log(f"train/{name}", value, batch_size=B)
         return loss
+
+    def align_term(self, batch) -> torch.Tensor:
+        """The contrastive loss at layer k; with loss.anchor=base the targets come from the base model."""
+        B, words = batch["src_ids"].shape[0], batch["words"]
+        if self.align.anchor == "base":
+            src = self.layer_k({k: v[:B] for k, v in words.items()})  # (B, D)
+            with torch.no_grad(), self.backbone.disable_adapter():
+                tgt = self.layer_k({k: v[B:] for k, v in words.items()})
+        else:
+            vecs = self.layer_k(words)  # (2B, D): sources then targets, one forward pass
+            src, tgt = vecs[:B], vecs[B:]
+        if self.align.centred:
+            src, tgt = self.centre(src, "src"), self.centre(tgt, "tgt")
+        return self.loss_fn(src, tgt, batch["src_ids"], batch["tgt_ids"])
+
+    def translation_term(self, seqs: dict) -> torch.Tensor:
+        """Causal-LM loss on the answer tokens of the batch's few-shot translation prompts."""
+        scored = {"input_ids": seqs["input_ids"], "attention_mask": seqs["attention_mask"],
+                  "scored": seqs["labels"][:, 1:] != -100}  # position t predicts token t + 1
+        scored["scored"] = F.pad(scored["scored"], (0, 1), value=False)
+        logp, _ = forward_text(self.backbone, scored)  # (N, V)
+        targets = seqs["labels"][:, 1:][seqs["labels"][:, 1:] != -100]  # (N,)
+        return -logp.gather(-1, targets[:, None]).mean()
+
+    def preservation_terms(self, batch, weights: dict) -> dict[str, torch.Tensor]:
+        """KL and retain on this step's preservation text (retain on the batch's target words if so set)."""
+        out, p = {}, self.preserve
+        text = self.text.batch(self.global_step, p.text_batch_size, self.device) if self.text is not None \
+            and self.text.train is not None else None
+        on_text = weights["retain"] and p.retain_on == "text"
+        if weights["kl"] or on_text:
+            layers = self.retain_layers if on_text else []
+            logp, states = forward_text(self.backbone, text, layers)
+            live = p.reference == "live" or on_text
+            if live:
+                with torch.no_grad(), self.backbone.disable_adapter():
+                    base_logp, base_states = forward_text(self.backbone, text, layers)
+            if weights["kl"]:
+                out["kl"] = kl_live(base_logp, logp) if p.reference == "live" else \
+                    kl_cached(*self.text.reference_for(text, self.device), logp)
+            if on_text:
+                out["retain"] = retain_distance(states, base_states, text["attention_mask"].bool(), p.retain_metric)
+        if weights["retain"] and p.retain_on == "words":
+            B, words = batch["src_ids"].shape[0], batch["words"]
+            tgt = {k: v[B:] for k, v in words.items()}
+            states = hidden_states(self.backbone, tgt)
+            with torch.no_grad(), self.backbone.disable_adapter():
+                base = hidden_states(self.backbone, tgt)
+            out["retain"] = retain_distance([states[j] for j in self.retain_layers],
+                                            [base[j] for j in self.retain_layers], tgt["word_mask"], p.retain_metric)
+        return out
 
     def on_train_start(self) -> None:
         # A resumed run whose length changed (trainer.max_steps / max_epochs with train.allow_changes=true) keeps its
@@ -148,11 +254,26 @@ class TLIModule(L.LightningModule):
             for slot, layer in enumerate(self.eval_layers):
                 values = alignment(s[slot], t[slot], gold, self.metric_options)
                 logged.update({metric_key("val", name, layer, centred): float(values[name]) for name in METRICS})
+        logged.update(self.harm_figures(logged))
         if self.trainer.sanity_checking:  # before any step: with num_sanity_val_steps=-1, the base model's figures
             self.before_training = logged
         # equal on every process (each saw the whole set); synced so that checkpointing agrees
         self.log_dict(logged, sync_dist=True, add_dataloader_idx=False)
         self._val, self._centring = [], {"src": [], "tgt": []}
+
+    def harm_figures(self, logged: dict) -> dict[str, float]:
+        """val/nll/<lang>, val/nll_change/<lang> and val/harm on the validation text; val/objective under a budget."""
+        out: dict[str, float] = {}
+        if self.text is None or not self.text.base_nll:
+            return out
+        for lang, nll in self.text.nll(self.backbone).items():
+            base = self.text.base_nll[lang]
+            out[f"val/nll/{lang}"], out[f"val/nll_change/{lang}"] = nll, nll / base - 1 if base > 0 else 0.0
+        out["val/harm"] = max(v for k, v in out.items() if k.startswith("val/nll_change/"))
+        if self.harm.max_harm is not None and self.harm.objective_key in logged:
+            within = out["val/harm"] <= self.harm.max_harm
+            out["val/objective"] = logged[self.harm.objective_key] if within else float("-inf")
+        return out
 
     # ---- optimisation ----------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -166,6 +287,7 @@ class TLIModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["centre"] = self.centre.state_dict()
         checkpoint["rng"] = {"torch": torch.get_rng_state(),
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
@@ -177,3 +299,4 @@ class TLIModule(L.LightningModule):
                 f"unexpected {sorted(saved - expected)[:5]} (different lora.* or model.target_layer?)"
             )
         self._rng_to_restore = checkpoint.get("rng")
+        self.centre.load_state_dict(checkpoint.get("centre", {}))
