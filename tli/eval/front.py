@@ -1,0 +1,255 @@
+"""The study figure: what each recipe buys in alignment and what it costs in behaviour, one point per recipe.
+
+x: held-out NLL harm, the relative rise of the negative log-likelihood of held-out text over the base model, the
+larger of the two languages (per run; in %); y: alignment gain on unseen words, the change of centred pool P@1 on the
+control pairs (which no run ever saw; in points) at the reported output index; colour: the change of few-shot
+translation accuracy (points) on the words the adapters never saw (the "unseen" split of cross-fitted recipes, the
+control split otherwise), both directions pooled; error bars: 95% t-intervals of the mean over the recipe's runs
+(none for a one-run recipe: summary.json keeps no per-sentence NLLs or per-pool hits to resample); a dashed line at
+the harm budget (`objective.max_harm`).
+
+    python -m tli.eval.front <eval dir> [<eval dir> ...] --out front.png [--budget 0.02] [--layer 18]
+
+An eval dir is `<run or sweep dir>/eval` (or the directory above it). An evaluation of several recipes
+(`evaluate.py +adapters.<recipe>=[...]`) gives a point per recipe; any other evaluation one point for all its runs,
+named after its directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tli.errors import TLIError
+from tli.eval.plots import _figure, save_figure
+
+BUDGET = 0.02  # objective.max_harm's default: a 2% rise of held-out NLL
+
+
+class SummaryError(TLIError, ValueError):
+    """An evaluation summary that cannot give a recipe point (names the file and what is missing)."""
+
+
+@dataclass(frozen=True)
+class RecipePoint:
+    """One recipe: the means over its runs, each with its 95% CI (None with a single run)."""
+
+    name: str
+    alignment: float | None  # centred pool P@1 change on the control pairs (after - before; 0.1 = +10 points)
+    alignment_low: float | None
+    alignment_high: float | None
+    harm: float | None  # relative held-out NLL rise, the larger of the two languages (0.013 = +1.3%)
+    harm_low: float | None
+    harm_high: float | None
+    translation: float | None  # translation accuracy change on unseen words, in points (-5.0 = five points worse)
+    translation_split: str | None = None  # where the translation change was counted: "unseen" or "control"
+    n_runs: int = 1
+    layer: int | None = None
+    source: str = ""  # the evaluation directory
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float | None, float | None, float | None]:
+    """(mean, low, high): the t-interval of the mean; the bounds are None below two values."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None, None
+    from scipy.stats import t
+
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    half = float(t.ppf(0.5 + level / 2, len(values) - 1)) * sd / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def _layer_cell(run: dict, split: str, layer: int):
+    cells = run.get(split) or {}
+    return cells.get(str(layer), cells.get(layer))
+
+
+def run_alignment(run: dict, layer: int) -> float | None:
+    """Centred pool P@1 after - before on the control pairs at `layer` (None without control pairs or centring)."""
+    cell = (_layer_cell(run, "control", layer) or {}).get("centred")
+    if not cell:
+        return None
+    return cell["after"]["pool_p_at_1"] - cell["before"]["pool_p_at_1"]
+
+
+def run_harm(run: dict) -> float | None:
+    """The larger relative NLL change of the two languages (None without lm_loss, or with a non-finite NLL)."""
+    changes = [c.get("relative_change") for c in (run.get("lm_loss") or {}).values()]
+    if not changes or any(c is None for c in changes):
+        return None
+    return max(changes)
+
+
+def translation_counts(run: dict) -> tuple[str, float, int] | None:
+    """(split, summed accuracy change times n, n) over both directions on the words the adapter never saw: the
+    "unseen" split of a cross-fitted adapter, else "control"."""
+    translation = run.get("translation") or {}
+    split = "unseen" if "unseen" in translation else "control" if "control" in translation else None
+    if split is None:
+        return None
+    cells = translation[split].values()
+    return split, sum((c["accuracy_after"] - c["accuracy_before"]) * c["n"] for c in cells), sum(c["n"] for c in cells)
+
+
+def recipe_point(name: str, runs: Sequence[dict], layer: int, source: str = "") -> RecipePoint:
+    """The point of one recipe from its runs' summary entries. The translation change pools every run's rows (a
+    cross-fitted recipe's runs score different words: together, every word once per seed)."""
+    a, a_low, a_high = mean_ci([run_alignment(r, layer) for r in runs])
+    h, h_low, h_high = mean_ci([run_harm(r) for r in runs])
+    counts = [c for c in (translation_counts(r) for r in runs) if c is not None]
+    n = sum(c[2] for c in counts)
+    translation = 100 * sum(c[1] for c in counts) / n if n else None
+    return RecipePoint(name, a, a_low, a_high, h, h_low, h_high, translation,
+                       "/".join(sorted({c[0] for c in counts})) or None, len(runs), layer, source)
+
+
+def points_from_summary(summary: dict, source: str = "", layer: int | None = None,
+                        name: str | None = None) -> list[RecipePoint]:
+    """One point per recipe of an eval/summary.json (`summary["recipes"]`), or one point named `name` for all the runs
+    of an evaluation without recipes. `layer`: the reported index (default: the highest, the output index when
+    evaluated)."""
+    layers = summary["settings"]["layers"]
+    layer = max(layers) if layer is None else layer
+    if layer not in layers:
+        raise SummaryError(f"{source or 'summary.json'}: index {layer} was not reported (eval.layers: {layers})")
+    runs = summary["runs"]
+    recipes = {r: recipe["runs"] for r, recipe in (summary.get("recipes") or {}).items()}
+    recipes = recipes or {name or Path(source).name or "runs": list(runs)}
+    points = [recipe_point(r, [runs[n] for n in names], layer, source) for r, names in recipes.items()]
+    for p in points:
+        if p.alignment is None:
+            raise SummaryError(f"{source or 'summary.json'}: recipe {p.name!r} has no centred control-pair figures at "
+                               f"index {layer} (evaluate with control pairs and metrics.centre)")
+    return points
+
+
+def load_points(eval_dir: str | Path, layer: int | None = None) -> list[RecipePoint]:
+    """The recipe points of `<eval_dir>/summary.json` (or `<eval_dir>/eval/summary.json`)."""
+    eval_dir = Path(eval_dir)
+    if not (eval_dir / "summary.json").is_file() and (eval_dir / "eval" / "summary.json").is_file():
+        eval_dir = eval_dir / "eval"
+    path = eval_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise SummaryError(f"cannot read {path} ({getattr(err, 'strerror', None) or err}): give an evaluation's "
+                           "directory (<run dir>/eval, written by evaluate.py)") from err
+    label = eval_dir.parent.name if eval_dir.name == "eval" else eval_dir.name
+    return points_from_summary(summary, str(eval_dir), layer, name=label)
+
+
+def _bars(mid: float, low: float | None, high: float | None, scale: float) -> tuple[float, float]:
+    return (0.0, 0.0) if low is None or high is None else (scale * (mid - low), scale * (high - mid))
+
+
+def plot_front(points: Sequence[RecipePoint], path: str | Path, budget: float | None = BUDGET,
+               title: str = "") -> Path:
+    """The study figure (module docstring), written atomically as PNG. Points without a harm are left out."""
+    from matplotlib import cm, colors
+
+    shown = [p for p in points if p.alignment is not None and p.harm is not None]
+    fig, axes = _figure(1, 1, 8, 6)
+    ax = axes[0][0]
+    spread = max([abs(p.translation) for p in shown if p.translation is not None] or [0.0]) or 1.0
+    norm, cmap = colors.Normalize(-spread, spread), "RdBu"  # centred at 0: red worse, blue better
+    for p in shown:
+        x, y = 100 * p.harm, 100 * p.alignment
+        xerr, yerr = _bars(p.harm, p.harm_low, p.harm_high, 100), _bars(p.alignment, p.alignment_low,
+                                                                        p.alignment_high, 100)
+        ax.errorbar([x], [y], xerr=[[xerr[0]], [xerr[1]]], yerr=[[yerr[0]], [yerr[1]]], fmt="none",
+                    ecolor="0.5", elinewidth=1, capsize=3, zorder=1)
+        ax.annotate(p.name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    coloured = [p for p in shown if p.translation is not None]
+    ax.scatter([100 * p.harm for p in coloured], [100 * p.alignment for p in coloured],
+               c=[p.translation for p in coloured], cmap=cmap, norm=norm, s=70, edgecolors="k", zorder=2)
+    grey = [p for p in shown if p.translation is None]
+    if grey:
+        ax.scatter([100 * p.harm for p in grey], [100 * p.alignment for p in grey], color="0.75", s=70,
+                   edgecolors="k", zorder=2, label="no translation figures")
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax,
+                 label="translation accuracy change on unseen words (points)")
+    ax.axhline(0, color="0.6", lw=0.8, ls=":")
+    if budget is not None:
+        ax.axvline(100 * budget, color="tab:red", lw=1, ls="--", label=f"harm budget {100 * budget:g}%")
+    if budget is not None or grey:
+        ax.legend(fontsize=8, loc="best")
+    label = "held-out NLL harm: relative rise, max of the two languages (%)"
+    if max([100 * p.harm for p in shown] or [0]) > 20:  # a collapsed recipe (+250%) beside ones within the budget
+        ax.set_xscale("symlog", linthresh=1.0)
+        ends = [100 * (v if v is not None else p.harm) for p in shown for v in (p.harm_low, p.harm_high)]
+        ax.set_xlim(min(ends + [0]) - 0.5, 2 * max(ends))  # symlog's own margins reach far into negative harm
+        label += "; linear to 1%, logarithmic above"
+    ax.set_xlabel(label)
+    layers = sorted({p.layer for p in shown if p.layer is not None})
+    where = f" at index {', '.join(map(str, layers))}" if layers else ""
+    ax.set_ylabel(f"alignment gain on unseen words:\ncentred pool P@1 change{where} (points)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "what each recipe buys (alignment) and costs (harm); bars: 95% CI over runs", fontsize=10)
+    return save_figure(fig, path)
+
+
+def _ci(mid, low, high, scale: float = 100, unit: str = "") -> str:
+    if mid is None:
+        return "n/a"
+    text = f"{scale * mid:+.1f}{unit}"
+    return text + (f" [{scale * low:+.1f}, {scale * high:+.1f}]" if low is not None and high is not None else "")
+
+
+def table_rows(points: Sequence[RecipePoint]) -> list[dict]:
+    """The console table: one row per recipe, figures in points and percent."""
+    return [{"recipe": p.name, "runs": p.n_runs, "alignment gain (P@1 points)": _ci(p.alignment, p.alignment_low,
+                                                                                      p.alignment_high),
+             "harm (NLL %)": _ci(p.harm, p.harm_low, p.harm_high, unit="%"),
+             "translation (points)": _ci(p.translation, None, None, scale=1)
+             + (f" ({p.translation_split})" if p.translation_split else ""), "evaluation": p.source}
+            for p in points]
+
+
+def _unique_names(groups: list[list[RecipePoint]]) -> list[RecipePoint]:
+    """All points; a name found in several evaluations gets its evaluation's directory in brackets."""
+    from collections import Counter
+    from dataclasses import replace
+
+    counts = Counter(p.name for g in groups for p in g)
+    return [replace(p, name=f"{p.name} ({Path(p.source).parent.name or p.source})") if counts[p.name] > 1 else p
+            for g in groups for p in g]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tli.eval.front", description=__doc__.split("\n\n")[0])
+    parser.add_argument("eval_dirs", nargs="+", help="evaluation directories (<run or sweep dir>/eval)")
+    parser.add_argument("--out", default="front.png", help="the PNG to write (default: %(default)s)")
+    parser.add_argument("--budget", default=str(BUDGET),
+                        help="the harm budget drawn as a line, relative (default: %(default)s; none: no line)")
+    parser.add_argument("--layer", type=int, help="the reported index of the alignment (default: the highest)")
+    parser.add_argument("--title", default="")
+    args = parser.parse_args(argv)
+    try:
+        budget = None if args.budget.lower() in ("none", "null") else float(args.budget)
+    except ValueError:
+        parser.error(f"--budget {args.budget!r} must be a number (0.02 = 2%) or none")
+    try:
+        points = _unique_names([load_points(d, args.layer) for d in args.eval_dirs])
+        plot_front(points, args.out, budget, args.title)
+    except TLIError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from tli.eval.tables import print_table
+
+    rows = table_rows(points)
+    print_table(rows, list(rows[0]), title="recipes: alignment gain on unseen words against held-out NLL harm")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
