@@ -6,10 +6,13 @@ multi-objective sweeper (hparams_search=optuna_harm)."""
 import csv
 import itertools
 import json
+import os
 import random
+import subprocess
+import sys
 
 import pytest
-from helpers import ROOT
+from helpers import FAST_CPU, ROOT
 
 from tli.errors import ConfigError
 from tli.jobs.sweep import collect, pareto_front, sweep_value, sweeper_directions, write_summary
@@ -55,10 +58,10 @@ def test_the_best_skips_disqualified_jobs(tmp_path):
     assert [(r["job"], r["best"], r["objective"], r["harm"]) for r in table][:2] == [("0", "*", "0.8", "0.01"),
                                                                                      ("1", "", "", "0.05")]
     text = (tmp_path / "sweep_summary.md").read_text()
-    assert "budget (objective.max_harm): 2.0%" in text
+    assert "budget (objective.max_harm): 2%" in text
     assert "Disqualified (harm above the budget, admissible = no, never best): job(s) 1, 3." in text
-    assert "| * | 0 | optim.lr=1e-3 | 0.8000 | 0.8000 | +1.0% | yes | * |" in text
-    assert "|  | 1 | optim.lr=2e-3 |  | 0.9500 | +5.0% | **no** |" in text
+    assert "| * | 0 | optim.lr=1e-3 | 0.8000 | 0.8000 | +1.00% | yes | * |" in text
+    assert "|  | 1 | optim.lr=2e-3 |  | 0.9500 | +5.00% | **no** |" in text
     assert "## Failed jobs (1 of 5)" in text and "loss is NaN" in text
 
     # Every job above the budget: no best at all.
@@ -215,3 +218,29 @@ def test_the_pareto_front_of_nothing_and_of_one():
     assert pareto_front([(0.5, 0.1)] * 3) == [0, 1, 2]
     assert all(pareto_front(list(p)) == _brute_front(list(p))
                for p in itertools.permutations([(0.5, 0.1), (0.6, 0.1), (0.6, 0.2), (0.4, 0.0)]))
+
+
+@pytest.mark.slow
+def test_a_two_trial_multi_objective_search_on_the_tiny_model(tmp_path, tiny_dir, small_lexicons):
+    """hparams_search=optuna_harm end to end (about 15 s): train.py returns (alignment, harm) to the sweeper, Optuna
+    records each trial's pair as its metrics.json has it, and its Pareto front is the summary's."""
+    from omegaconf import OmegaConf
+
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason='needs pip install -e ".[cluster]"')
+    sweep = tmp_path / "search"
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "model=tiny", "data=sw_en", f"model.name_or_path={tiny_dir}",
+           f"data.train_file={small_lexicons[0]}", f"data.control_file={small_lexicons[1]}", "data.batch_size=8",
+           FAST_CPU, "hparams_search=optuna_harm", "hydra.sweeper.n_trials=2", "trainer.limit_train_batches=2",
+           "trainer.limit_val_batches=1", f"hydra.sweep.dir={sweep}"]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = {j.name: json.loads((j / "metrics.json").read_text()) for j in sorted(sweep.glob("*/"))
+               if (j / "metrics.json").is_file()}
+    assert list(metrics) == ["0", "1"]
+    pairs = {job: (m["alignment"], m["harm"]) for job, m in metrics.items()}
+    solutions = OmegaConf.to_container(OmegaConf.load(sweep / "optimization_results.yaml"))["solutions"]
+    front = {sorted(pairs)[i] for i in pareto_front([pairs[j] for j in sorted(pairs)])}
+    assert sorted(tuple(s["values"]) for s in solutions) == sorted(pairs[j] for j in front)
+    assert {r["job"] for r in _csv(sweep) if r["pareto"] == "*"} == front
+    assert "## Pareto front" in (sweep / "sweep_summary.md").read_text()

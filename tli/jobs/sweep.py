@@ -100,14 +100,14 @@ def _mark(rows: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def _pct(x) -> str:
-    return "" if _number(x) is None else f"{100 * x:+.1f}%"
+    return "" if _number(x) is None else f"{100 * x:+.2f}%"
 
 
 def _harm_text(rows: list[dict], disqualified: list[dict]) -> str:
     budgets = sorted({r["max_harm"] for r in rows if _number(r.get("max_harm")) is not None})
     text = ("Harm: val/harm, the relative rise of the NLL of validation text (base-model samples) over the base "
             "model, the larger of the two languages (lower is better); budget (objective.max_harm): "
-            + (", ".join(_pct(b).lstrip("+") for b in budgets) if budgets else "none") + ".")
+            + (", ".join(f"{100 * b:g}%" for b in budgets) if budgets else "none") + ".")
     if disqualified:
         text += (f" Disqualified (harm above the budget, admissible = no, never best): job(s) "
                  f"{', '.join(r['job'] for r in disqualified)}.")
