@@ -35,6 +35,13 @@ medians, the weights' bytes (parameters + buffers) of each model, and the proces
 (ru_maxrss) after building each module (cumulative: the second figure includes the first model):
 
     python benchmarks/train_step.py --compare-quantization nf4 none   # NF4 against full precision at k = 18
+
+`--compare-preservation` measures the behaviour-preserving terms (benchmarks/_preserve.py): the contrastive step
+alone against + KL (live or cached reference), + KL + retain, and + translation LM, one module at `--k`, in
+`--quantization` (experiment=gemma_ko trains in full precision: pass --quantization none), step time and peak
+memory side by side:
+
+    python benchmarks/train_step.py --compare-preservation --quantization none
 """
 
 from __future__ import annotations
@@ -170,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help=bench.THREADS_HELP)
     parser.add_argument("--compare-quantization", choices=QUANTIZATIONS, nargs=2, default=None, metavar="Q",
                         help="time optimizer steps of two modules, one per quantization (e.g. nf4 none), at --k")
+    parser.add_argument("--compare-preservation", action="store_true",
+                        help="time the contrastive step alone against + KL, + retain, + translation LM at --k")
+    parser.add_argument("--text-batch-size", type=int, default=4, help="preservation sentences per step (default 4, "
+                        "preserve.text_batch_size)")
+    parser.add_argument("--langs", nargs=2, default=["Korean", "English"], help="the preservation text's languages")
     parser.add_argument("--k", type=int, default=18, help="target layer for --compare-quantization (default 18, "
                         "experiment=gemma_ko's index)")
     args = parser.parse_args(argv)
@@ -199,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     batch = make_batch(tok, [p.source for p in pairs], [p.target for p in pairs], Probe().template)
     n_tokens = int(batch["words"]["attention_mask"].sum())
     B, T = batch["words"]["input_ids"].shape
+    if args.compare_preservation:
+        from _preserve import compare_preservation
+
+        return compare_preservation(args, spec, L, lora, optim, batch, pairs, tok, step, header, wall)
     if args.compare_quantization:
         if not 1 <= args.k <= L:
             parser.error(f"--k {args.k} outside this model's blocks 1..{L}")
