@@ -183,6 +183,7 @@ def test_train_returns_alignment_and_harm_to_a_multi_objective_sweeper():
     sweeper = _sweeper("optuna_harm")
     directions = sweeper_directions(sweeper)
     assert directions == ["maximize", "minimize"] and sweeper.sampler["_target_"] == "optuna.samplers.TPESampler"
+    assert dict(sweeper.params) == dict(_sweeper("optuna").params)  # the single-objective search's space
     assert sweep_value(_metrics(0.8, 0.01), directions) == (0.8, 0.01)
     assert sweep_value(_metrics(0.95, 0.05), directions) == (0.95, 0.05)  # disqualified jobs still map the front
     only_in_metrics = {"objective_name": NAME, "objective": 0.7, "metrics": {NAME: 0.7, "val/harm": 0.004}}
