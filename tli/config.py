@@ -24,6 +24,7 @@ from tli.errors import ConfigError
 from tli.eval.evaluation import EvalConfig
 from tli.eval.metrics import MetricsConfig
 from tli.eval.scan import ScanConfig
+from tli.intervention.config import InterventionConfig
 from tli.model.embed import Probe
 from tli.model.loading import ModelSpec
 from tli.model.lora import LoraConfig
@@ -112,6 +113,9 @@ class TLIConfig:
     adapters: dict[str, list[str]] = _section(factory=dict, jobs=("evaluate",))
     scan: ScanConfig = _section(factory=ScanConfig, jobs=("scan",))
     eval: EvalConfig = _section(factory=EvalConfig, jobs=("evaluate",))
+    # evaluate.py intervention=linear_map|mean_shift: inference-time alignment fitted in the job (tli.intervention);
+    # its alpha is held to objective.max_harm, the training runs' harm budget
+    intervention: InterventionConfig = _section(factory=InterventionConfig, jobs=("evaluate",))
 
 
 def read_by(job: str) -> set[str]:

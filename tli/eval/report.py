@@ -52,7 +52,12 @@ def render(summary: dict) -> str:
         lines += [f"**Do no harm: the held-out language-modelling loss rose in {', '.join(risen)}** (see the "
                   "do-no-harm sections below).", ""]
     for run_name, run in summary["runs"].items():
-        lines += [f"## {run_name}", "", embedding_section(run)]
+        lines += [f"## {run_name}", ""]
+        if run.get("intervention"):  # an inference-time map (tli.intervention), not an adapter
+            from tli.intervention.artifact import describe
+
+            lines.append(describe(run["intervention"]))
+        lines.append(embedding_section(run))
         if run.get("translation"):
             lines.append(translation_section(run["translation"], header="### Few-shot word translation"))
         if run.get("lm_loss"):

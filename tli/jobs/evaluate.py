@@ -27,6 +27,7 @@ split (`tli.eval.translation.CSV_COLUMNS`), with a leading `run` column when sev
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -53,10 +54,13 @@ from tli.eval.report import write_report
 from tli.eval.tables import print_table, write_csv
 from tli.eval.translation import CSV_COLUMNS, Query, direction_label
 from tli.eval.vectors import embed_split
+from tli.intervention.artifact import InterventionCard, read_intervention
+from tli.intervention.fit import FitPlan
+from tli.intervention.measure import fit_and_save, intervened_behaviour, intervened_vectors, open_runs
 from tli.io import atomic_write_json
 from tli.jobs.common import provenance, run_dir_lock
 from tli.jobs.tracking import init_wandb
-from tli.model.adapter import OpenedAdapters, attach, open_adapters
+from tli.model.adapter import OpenedAdapters, attach, bare
 from tli.model.embed import Probe
 from tli.model.loading import ModelSpec, check_layers, load_config, load_model, num_layers
 
@@ -82,6 +86,7 @@ class EvalPlan:
     layers: list[int]  # reported hidden-state indices
     unseen: list[dict]  # per adapter: the held-out fold's words by direction ({} unless cross-fitted)
     forward: str  # the forward direction's label, e.g. "Korean->English"
+    fit: FitPlan | None = None  # intervention=...: the map to fit (then the one run, saved in <eval dir>/intervention)
 
 
 @dataclass
@@ -100,6 +105,8 @@ def evaluate_job(cfg, reported: set | None = None) -> dict:
     `reported`: lexicon audit findings already logged (train.py evaluate=true)."""
     with run_dir_lock(cfg.paths.output_dir):
         plan_ = plan(cfg, reported)
+        if cfg.intervention.fit_only:
+            return fit_only(plan_)
         summary = write_outputs(plan_, measure(plan_))
         show(plan_, summary)
         return summary
@@ -115,13 +122,13 @@ def plan(cfg, reported: set | None = None) -> EvalPlan:
     recipes = {name: [str(d) for d in (dirs if isinstance(dirs, (list, tuple)) else [dirs])]
                for name, dirs in cfg.adapters.items()}
     paths = [d for dirs in recipes.values() for d in dirs] or cfg.adapter
-    adapters = open_adapters(paths, spec, cfg.model.probe(), lexicons.info())
+    _, config = load_config(spec)
+    n_layers = num_layers(config)
+    adapters, fit = open_runs(cfg, lexicons, spec, paths, n_layers, config)
     names = [f"{name}/{i}" for name, dirs in recipes.items() for i in range(len(dirs))] or adapters.names()
     splits = {"train": lexicons.train, **({"control": lexicons.control} if lexicons.control is not None else {})}
     queries = translation_queries(cfg.eval, splits, cfg.seed) if cfg.eval.translation else []
     heldout = heldout_samples(cfg.eval, lexicons.train.src_lang, lexicons.train.tgt_lang) if cfg.eval.lm_loss else {}
-    _, config = load_config(spec)
-    n_layers = num_layers(config)
     layers = check_layers(cfg.eval.layers or [adapters.probe.target_layer, n_layers], n_layers, "eval.layers")
     unseen = [heldout_words(lexicons.train, card.split, card.seed) for card in adapters.cards]
     if any(unseen) and not all(unseen):
@@ -135,7 +142,17 @@ def plan(cfg, reported: set | None = None) -> EvalPlan:
     behaviour_spec = replace(spec, quantization=cfg.eval.behaviour_quantization)
     return EvalPlan(cfg, Path(cfg.paths.output_dir) / "eval", spec, behaviour_spec, lexicons, adapters, names,
                     adapters.probe, splits, queries, heldout, n_layers, layers, unseen,
-                    direction_label(lexicons.train, "forward"))
+                    direction_label(lexicons.train, "forward"), fit)
+
+
+def fit_only(plan: EvalPlan) -> dict:
+    """intervention.fit_only=true: load the base, fit, choose alpha and save the map; returns its card."""
+    base, tokenizer = load_model(plan.spec)
+    speaker = base if plan.behaviour_spec == plan.spec else load_model(plan.behaviour_spec)[0]
+    card, _ = fit_and_save(base, speaker, tokenizer, plan.fit, plan.cfg, plan.lexicons, plan.spec,
+                           plan.adapters.paths[0])
+    print(f"wrote {plan.adapters.paths[0]} (alpha {card.intervention['alpha']:+g})")
+    return card.to_dict()
 
 
 def measure(plan: EvalPlan) -> Measured:
@@ -144,7 +161,7 @@ def measure(plan: EvalPlan) -> Measured:
     base, tokenizer = load_model(plan.spec)
     # Behaviour in the precision a user generates in (eval.behaviour_quantization): a second copy of the base where
     # that differs from the precision the adapters were trained in, each adapter attached to both.
-    behaves = bool(plan.queries or plan.heldout)
+    behaves = bool(plan.queries or plan.heldout or plan.fit)
     speaker = base if not behaves or plan.behaviour_spec == plan.spec else load_model(plan.behaviour_spec)[0]
     bs = cfg.eval.batch_size
     before = {s: embed_split(base, tokenizer, lex, probe, None, bs) for s, lex in splits.items()}
@@ -155,20 +172,36 @@ def measure(plan: EvalPlan) -> Measured:
         found.translation_rows += nn_shots_rows(
             speaker, tokenizer, plan.queries, behaviour_before["translation"], plan.lexicons.train, plan.adapters.cards,
             plan.unseen, word_vectors(before, probe.target_layer), plan.forward, cfg.eval)
+    fitted = {}
+    if plan.fit:  # intervention=...: the one run is the map fitted now
+        card, fitted[plan.adapters.paths[0]] = fit_and_save(base, speaker, tokenizer, plan.fit, cfg, plan.lexicons,
+                                                            plan.spec, plan.adapters.paths[0])
+        plan.adapters.cards[0] = card
     for i, (name, adapter) in enumerate(zip(plan.names, plan.adapters.paths, strict=True)):
-        model = attach(model, adapter, name)
-        speaker = model if shared else attach(speaker, adapter, name)
-        after = {s: embed_split(model, tokenizer, lex, probe, None, bs) for s, lex in splits.items()}
+        card, words = plan.adapters.cards[i], plan.unseen[i]
+        keep = scored_by(plan.queries, words, plan.forward)  # a cross-fitted adapter: only the words it never saw
+        base_rows = [behaviour_before["translation"][j] for j in keep]
+        if isinstance(card, InterventionCard):  # on the bare base model (adapters of earlier runs off)
+            iv = fitted.get(adapter) or read_intervention(adapter)[1]
+            with bare(model), bare(speaker) if not shared else nullcontext():
+                after = intervened_vectors(model, tokenizer, before, probe, iv, bs)
+                after_i = intervened_behaviour(speaker, tokenizer, [plan.queries[j] for j in keep], plan.heldout,
+                                               cfg.eval, iv, {"translation": base_rows,
+                                                              "lm_loss": behaviour_before["lm_loss"]},
+                                               plan.forward, plan.lexicons.train.src_lang)
+        else:
+            model = attach(model, adapter, name)
+            speaker = model if shared else attach(speaker, adapter, name)
+            after = {s: embed_split(model, tokenizer, lex, probe, None, bs) for s, lex in splits.items()}
+            after_i = behaviour(speaker, tokenizer, [plan.queries[j] for j in keep], plan.heldout, cfg.eval)
         after_scores = layer_scores(after, layers, cfg.metrics)
         run = {"adapter": adapter, **evaluate_run(before_scores, after_scores, layers, cfg.eval.n_boot, cfg.seed)}
-        card, words = plan.adapters.cards[i], plan.unseen[i]
+        if isinstance(card, InterventionCard):
+            run["intervention"] = card.intervention
         fold_seed = {"fold": card.split.get("fold") if words else None, "seed": card.seed}
         found.pair_rows += [{**r, **fold_seed} for r in pair_rows(name, splits, before_scores, after_scores, layers)]
-        keep = scored_by(plan.queries, words, plan.forward)  # a cross-fitted adapter: only the words it never saw
         mark = partial(mark_rows, **fold_seed, unseen=bool(words))
-        before_i = {"translation": mark([behaviour_before["translation"][j] for j in keep]),
-                    "lm_loss": behaviour_before["lm_loss"]}
-        after_i = behaviour(speaker, tokenizer, [plan.queries[j] for j in keep], plan.heldout, cfg.eval)
+        before_i = {"translation": mark(base_rows), "lm_loss": behaviour_before["lm_loss"]}
         after_i["translation"] = mark(after_i["translation"])
         compared, csv_rows = compare_behaviour(before_i, after_i, cfg.eval.n_boot, cfg.seed)
         found.runs[name] = {**run, **compared}

@@ -108,6 +108,14 @@ def read_sidecar(adapter_dir: str | Path) -> AdapterCard:
     return card
 
 
+def read_card(directory: str | Path) -> AdapterCard:
+    """`read_sidecar`, or for a saved intervention (`intervention.json`, tli.intervention.artifact) its card after
+    the same checks of its files: both are scored, pooled and compared alike."""
+    from tli.intervention.artifact import is_intervention, read_intervention_card
+
+    return read_intervention_card(directory) if is_intervention(directory) else read_sidecar(directory)
+
+
 @dataclass
 class OpenedAdapters:
     """Adapters read and checked against the base model, before its weights load."""
@@ -127,7 +135,7 @@ def open_adapters(paths, spec: ModelSpec, probe: Probe, lexicons: dict | None = 
     if not paths:
         raise AdapterError("adapter is required: evaluate.py adapter=PATH (or adapter=[RUN1,RUN2] for several seeds)")
     paths = [str(a) for a in (paths if isinstance(paths, (list, tuple)) else [paths])]
-    cards = [read_sidecar(a) for a in paths]
+    cards = [read_card(a) for a in paths]
     current = weights_fingerprint(spec) if any(c.base_fingerprint for c in cards) else None
     for path, card in zip(paths, cards, strict=True):
         check_base_model(card, spec, path, current)
@@ -187,6 +195,15 @@ def adapter_probe(cards: list[AdapterCard], adapters: list[str], probe: Probe) -
                     "model.template=%r)", adapters[0], trained[0].pooling, trained[0].template, probe.pooling,
                     probe.template)
     return trained[0]
+
+
+def bare(model):
+    """A context in which `model` runs as the bare base model: a PeftModel's adapters disabled, else nothing."""
+    from contextlib import nullcontext
+
+    from peft import PeftModel
+
+    return model.disable_adapter() if isinstance(model, PeftModel) else nullcontext()
 
 
 def attach(model, path: str | Path, name: str = "default"):

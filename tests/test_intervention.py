@@ -1,0 +1,323 @@
+"""Inference-time interventions (tli.intervention): the closed-form maps, the hooks that apply them at exactly the
+positions they should (checked against plain forwards with a hand-made hook), save/load, the deranged null, the
+config checks, and evaluate.py intervention=... end to end on the tiny model."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from helpers import compose_raw
+
+from tli.errors import AdapterError, ConfigError, DataError
+from tli.intervention.hooks import intervened, state_module
+from tli.intervention.maps import Intervention, mean_difference, procrustes_map, ridge_map
+from tli.intervention.positions import for_queries, for_sentences, for_words
+from tli.model.embed import decoder_of
+
+LAYER = 2  # the tiny model's target index
+
+
+@pytest.fixture(scope="module")
+def full(tiny_spec):
+    """The tiny model in full precision (exact comparisons) and its tokenizer."""
+    from tli.model.loading import load_model
+
+    return load_model(replace(tiny_spec, quantization="none"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def queries(small_lexicons):
+    from tli.data.lexicon import read_lexicon
+    from tli.eval.translation import build_queries
+
+    train, control = (read_lexicon(f, src_field="swahili", tgt_field="english", src_lang="Swahili",
+                                   tgt_lang="English") for f in small_lexicons)
+    return build_queries({"train": train, "control": control}, k=3, seed=0)
+
+
+def _random_map(dim, layers=(LAYER,), alpha=1.0, kind="linear_map", position="query", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (dim, dim) if kind == "linear_map" else (dim,)
+    return Intervention(kind, {i: torch.randn(*shape, generator=g) / dim ** 0.5 for i in layers}, alpha,
+                        position=position)
+
+
+class HandHook:
+    """The reference: a forward hook on the module of hidden-state index `layer` that updates positions `pos` of
+    row 0 of an unbatched, uncached forward (in place: `output_hidden_states` records the output tensor itself)."""
+
+    def __init__(self, model, iv, pos):
+        self.handles = [state_module(decoder_of(model), i).register_forward_hook(self._hook(i)) for i in iv.layers]
+        self.iv, self.pos = iv, sorted(pos)
+
+    def _hook(self, layer):
+        def hook(module, args, out):
+            out[0, self.pos] = self.iv.apply(layer, out[0, self.pos].float())
+        return hook
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def test_procrustes_and_ridge_recover_a_known_rotation():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 16))
+    R = np.linalg.qr(rng.standard_normal((16, 16)))[0]  # a random orthogonal map
+    Y = X @ R
+    np.testing.assert_allclose(procrustes_map(X, Y), R, atol=1e-10)
+    np.testing.assert_allclose(ridge_map(X, Y, 0.0), R, atol=1e-10)  # least squares (INCLINE's lstsq)
+    noisy = Y + 0.05 * rng.standard_normal(Y.shape)
+    np.testing.assert_allclose(procrustes_map(X, noisy), R, atol=0.02)
+    M = ridge_map(X, noisy, 3.0)
+    # the ridge solution's optimality condition: X^T (X M - Y) + lambda M = 0
+    np.testing.assert_allclose(X.T @ (X @ M - noisy) + 3.0 * M, 0, atol=1e-9)
+    assert np.abs(M - R).max() < 0.05
+    Q = procrustes_map(X, noisy)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(16), atol=1e-10)  # orthogonal
+    np.testing.assert_allclose(mean_difference(X, Y), Y.mean(0) - X.mean(0))
+
+
+def test_update_formulas():
+    g = torch.Generator().manual_seed(1)
+    h, M, v = torch.randn(5, 8, generator=g), torch.randn(8, 8, generator=g), torch.randn(8, generator=g)
+    add = Intervention("linear_map", {3: M}, 0.5)
+    torch.testing.assert_close(add.apply(3, h), h + 0.5 * h @ M)
+    torch.testing.assert_close(replace(add, update="towards").apply(3, h), h + 0.5 * (h @ M - h))
+    shift = Intervention("mean_shift", {3: v}, -0.3).apply(3, h)
+    expect = h - 0.3 * h.norm(dim=1, keepdim=True) * v / v.norm()
+    torch.testing.assert_close(shift, expect * h.norm(dim=1, keepdim=True) / expect.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(shift.norm(dim=1), h.norm(dim=1))  # ReCoVeR's restore_norm
+    for iv in (add, replace(add, update="towards"), Intervention("mean_shift", {3: v}, 0.5)):
+        assert torch.equal(iv.with_alpha(0).apply(3, h), h)  # alpha 0: exactly the base state
+
+
+def test_alpha_zero_reproduces_the_base_model_exactly(full, queries):
+    from tli.eval.lm_loss import heldout_sentences, lm_loss
+    from tli.eval.translation import evaluate_translation
+
+    model, tok = full
+    dim = model.config.hidden_size
+    iv = _random_map(dim, layers=(0, LAYER, 32), alpha=0.0)  # embeddings, a block, the final norm
+    fwd = [q for q in queries if q.direction == "Swahili->English"][:12]
+    batch = tok([q.prompt for q in fwd[:4]], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        base_logits = model(**batch).logits
+        base_rows = evaluate_translation(model, tok, fwd, batch_size=5)
+        sentences = heldout_sentences("Swahili")[:10]
+        base_nll = lm_loss(model, tok, sentences)
+        targets = for_queries(tok, fwd, "query")
+        for_sentences(tok, sentences, targets)
+        with intervened(model, iv, targets):
+            assert torch.equal(model(**batch).logits, base_logits)
+            assert evaluate_translation(model, tok, fwd, batch_size=5) == base_rows
+            assert lm_loss(model, tok, sentences) == base_nll
+
+
+@pytest.mark.parametrize("position", ["query", "last"])
+def test_the_hook_changes_only_its_positions(full, queries, position):
+    """Generation (batched, shared prefix cached, then decoding) and gold scoring through `intervened` equal plain
+    uncached forwards with a hand-made hook on exactly the query word's tokens (or the prompt's last token)."""
+    from tli.eval.graded import _sequences, score_gold
+    from tli.eval.translation import generate_answers
+
+    model, tok = full
+    iv = _random_map(model.config.hidden_size, alpha=3.0, position=position)
+    fwd = [q for q in queries if q.direction == "Swahili->English"][:10]
+    targets = for_queries(tok, fwd, position)
+    with torch.no_grad(), intervened(model, iv, targets):
+        got = generate_answers(model, tok, [q.prompt for q in fwd], batch_size=4, max_new_tokens=4)
+        gold = score_gold(model, tok, fwd, batch_size=3)
+    base = generate_answers(model, tok, [q.prompt for q in fwd], batch_size=4, max_new_tokens=4)
+    enc = tok([q.prompt for q in fwd], return_offsets_mapping=True)
+    expected = []
+    for q, ids, offsets in zip(fwd, enc["input_ids"], enc["offset_mapping"], strict=True):
+        start = len(q.prompt) - len(f"{q.source}\n{q.answer_lang}:")
+        word = [i for i, (a, b) in enumerate(offsets) if a < start + len(q.source) and b > start and b > a]
+        pos = word if position == "query" else [len(ids) - 1]
+        assert targets.positions(ids) == frozenset(pos)
+        seq = torch.tensor([ids])
+        with torch.no_grad(), HandHook(model, iv, pos):  # greedy, no cache, the prompt's positions only
+            for _ in range(4):
+                nxt = model(seq).logits[0, -1].argmax()
+                seq = torch.cat([seq, nxt.view(1, 1)], 1)
+                if "\n" in tok.decode(seq[0, len(ids):]) or int(nxt) == tok.eos_token_id:
+                    break
+        expected.append(tok.decode(seq[0, len(ids):], skip_special_tokens=True).split("\n", 1)[0].strip())
+        with torch.no_grad():  # the hidden state at the index: changed exactly at `pos`
+            plain = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[LAYER][0]
+            with intervened(model, iv, targets):
+                hooked = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[LAYER][0]
+        torch.testing.assert_close(hooked[pos], iv.apply(LAYER, plain[pos]))
+        assert torch.equal(hooked[:min(pos)], plain[:min(pos)])  # the positions before the first: untouched
+    assert got == expected
+    assert got != base or position == "query"  # the tiny model's greedy answers hang on the last token alone
+    best = {}
+    for (qi, ids, context) in _sequences(tok, fwd):  # the scored answers: the same positions, by hand
+        pos = sorted(targets.positions(ids))
+        assert pos == (sorted(targets.positions(tok(fwd[qi].prompt)["input_ids"])) if position == "query"
+                       else [context - 1])
+        with torch.no_grad(), HandHook(model, iv, pos):
+            lp = model(torch.tensor([ids])).logits[0, context - 1:-1].log_softmax(-1)
+        mean = float(lp.gather(1, torch.tensor(ids[context:])[:, None]).mean())
+        best[qi] = max(best.get(qi, -np.inf), mean)  # the best listed translation's
+    assert [g["gold_logprob"] for g in gold] == pytest.approx([best[i] for i in range(len(fwd))], rel=1e-5)
+    ref = [g["gold_logprob"] for g in score_gold(model, tok, fwd, batch_size=3)]
+    assert [g["gold_logprob"] for g in gold] != pytest.approx(ref, rel=1e-4)
+
+
+def test_nll_intervenes_on_every_source_token_but_bos(full):
+    from tli.eval.lm_loss import heldout_sentences, sentence_nll
+
+    model, tok = full
+    iv = _random_map(model.config.hidden_size, kind="mean_shift", alpha=0.5)
+    sentences = heldout_sentences("Swahili")[:4]
+    with torch.no_grad(), intervened(model, iv, for_sentences(tok, sentences)):
+        sums, counts = sentence_nll(model, tok, sentences, batch_size=3)
+    for s, total in zip(sentences, sums, strict=True):
+        ids = tok(s)["input_ids"]
+        assert ids[0] == tok.bos_token_id
+        with torch.no_grad(), HandHook(model, iv, range(1, len(ids))):
+            out = model(torch.tensor([ids]), labels=torch.tensor([ids]))
+        assert total == pytest.approx(float(out.loss) * (len(ids) - 1), rel=1e-5)
+    assert not for_sentences(tok, sentences).positions(tok("Hello there")["input_ids"])  # other text: untouched
+
+
+def test_word_vectors_are_embedded_with_the_intervention_on_the_word(full):
+    from tli.model.embed import Probe, embed_words
+
+    model, tok = full
+    iv = _random_map(model.config.hidden_size, alpha=1.0)
+    words, probe = ["maji", "mti"], Probe(target_layer=LAYER, template="neno: {word}")
+    with intervened(model, iv, for_words(tok, words, probe.template)):
+        got = embed_words(model, tok, words, probe, layers=[LAYER]).vectors[:, 0]
+    for w, vec in zip(words, got, strict=True):
+        enc = tok(probe.template.format(word=w), return_offsets_mapping=True)
+        start = probe.template.index("{word}")
+        pos = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < start + len(w) and b > start and b > a]
+        with torch.no_grad(), HandHook(model, iv, pos):
+            h = model(torch.tensor([enc["input_ids"]]), output_hidden_states=True).hidden_states[LAYER][0]
+        torch.testing.assert_close(vec, torch.nn.functional.normalize(h[pos].mean(0), dim=0), rtol=1e-5, atol=1e-6)
+
+
+def test_save_load_round_trip_and_damaged_maps(full, tmp_path):
+    from tli.intervention.artifact import InterventionCard, read_intervention, save_intervention
+
+    model, tok = full
+    iv = _random_map(model.config.hidden_size, layers=(1, LAYER), alpha=0.5)
+    card = InterventionCard(base_model="m", target_layer=LAYER, split={"crossfit": 3, "fold": 1}, seed=2,
+                            intervention={"type": "linear_map", "layers": [1, LAYER], "alpha": 0.5, "update": "add",
+                                          "position": "query"})
+    out = save_intervention(iv, card, tmp_path / "map")
+    assert sorted(p.name for p in out.iterdir()) == ["intervention.json", "map.safetensors"]
+    back_card, back = read_intervention(out)
+    assert back_card == card and back.alpha == 0.5 and back.layers == [1, LAYER]
+    assert all(torch.equal(back.tensors[i], iv.tensors[i]) for i in iv.layers)
+    ids = tok(["Maji ni uhai"], return_tensors="pt")
+    targets = for_sentences(tok, ["Maji ni uhai"])
+    with torch.no_grad():
+        with intervened(model, iv, targets):
+            a = model(**ids).logits
+        with intervened(model, back, targets):
+            b = model(**ids).logits
+    assert torch.equal(a, b)
+    bad = tmp_path / "bad"
+    for damage, message in (
+            (lambda d: (d / "map.safetensors").unlink(), r"bad/map.safetensors is missing"),
+            (lambda d: (d / "map.safetensors").write_bytes(b"junk"), r"bad/map.safetensors is damaged"),
+            (lambda d: (d / "intervention.json").write_text("{"), r"bad/intervention.json is not valid JSON"),
+            (lambda d: (d / "intervention.json").unlink(), r"'.*bad' has no intervention.json"),
+            (lambda d: _edit(d, layers=[1]), r"holds \['layer.1', 'layer.2'\] but intervention.json lists"),
+            (lambda d: _edit(d, type="steer"), r"intervention.type must be one of linear_map, mean_shift")):
+        save_intervention(iv, card, bad)
+        damage(bad)
+        with pytest.raises(AdapterError, match=message) as err:
+            read_intervention(bad)
+        assert "\n" not in str(err.value)
+    with pytest.raises(AdapterError, match="intervention.load='/nope': no such directory"):
+        read_intervention("/nope")
+
+
+def _edit(directory, **changes):
+    data = json.loads((directory / "intervention.json").read_text())
+    data["intervention"].update(changes)
+    (directory / "intervention.json").write_text(json.dumps(data))
+
+
+def test_fit_on_deranged_fits_the_deranged_pairs(eval_cfg, full, tmp_path):
+    from tli.data.config import load_lexicons
+    from tli.data.crossfit import derange
+    from tli.data.datamodule import split_pairs
+    from tli.intervention.artifact import InterventionCard
+    from tli.intervention.fit import fit_map, plan_fit
+    from tli.model.embed import embed_words
+
+    model, tok = full
+    for fit_on, extra in (("pairs", []), ("deranged", []), ("pairs", ["data.derange=true"])):
+        cfg = eval_cfg("intervention=linear_map", f"intervention.fit_on={fit_on}", "data.crossfit=3", "data.fold=1",
+                       "data.val_fraction=0.25", *extra)
+        lex = load_lexicons(cfg.data)
+        plan = plan_fit(cfg, lex, InterventionCard(base_model="m", target_layer=LAYER), 32)
+        train, val, held = split_pairs(lex.train, replace(cfg.data, derange=False), cfg.seed)
+        deranged = fit_on == "deranged" or bool(extra)
+        assert plan.fit_pairs == (derange(train, cfg.seed) if deranged else train)
+        assert plan.card.split == {"crossfit": 3, "fold": 1, "derange": deranged, "val_fraction": 0.25}
+        assert {q.source for q in plan.val_queries} == {p.source for p in val}  # alpha's words: validation only
+        seen = {p.source for p in plan.fit_pairs} | {q.source for q in plan.val_queries}
+        assert held and not {p.source for p in held} & seen  # the held-out fold: never touched
+        assert all(s[0] in {p.source for p in train} for q in plan.val_queries for s in q.shots)  # true pairs
+    if deranged:
+        assert sum(p.target != t.target for p, t in zip(plan.fit_pairs, train, strict=True)) == len(train)
+    iv, timing = fit_map(model, tok, plan, cfg)
+    X = embed_words(model, tok, [p.source for p in plan.fit_pairs], layers=[LAYER]).vectors[:, 0].double().numpy()
+    Y = embed_words(model, tok, [p.target for p in plan.fit_pairs], layers=[LAYER]).vectors[:, 0].double().numpy()
+    np.testing.assert_allclose(iv.tensors[LAYER].numpy(), ridge_map(X, Y, 1.0), atol=1e-5)
+    assert timing["n_fit_pairs"] == len(train)
+
+
+def test_bad_config_values_are_one_line_errors(eval_cfg, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from tli.jobs.evaluate import evaluate_job
+
+    for override, message in (
+            ("intervention.type=steer", "intervention.type='steer' is not one of none, linear_map, mean_shift"),
+            ("intervention.solver=svd", "intervention.solver='svd' is not one of ridge, procrustes"),
+            ("intervention.position=first", "intervention.position='first' is not one of query, last"),
+            ("intervention.fit_on=random", "intervention.fit_on='random' is not one of pairs, deranged"),
+            ("intervention.select_on=nll", "intervention.select_on='nll' is not one of gold_logprob, accuracy"),
+            ("intervention.update=mul", "intervention.update='mul' is not one of add, towards"),
+            ("intervention.ridge=-1", "intervention.ridge=-1.0 must be a finite lambda >= 0"),
+            ("intervention.alphas=[]", "intervention.alphas=[] must be a non-empty list of finite numbers"),
+            ("intervention.layers=[]", "intervention.layers=[] must be target, all or a non-empty list"),
+            ("intervention.layers=[2,2]", "intervention.layers=[2, 2] lists an index twice"),
+            ("intervention.val_text=-1", "intervention.val_text=-1 must be an integer >= 0"),
+            ("intervention.fit_only=true", "intervention.fit_only=true fits a map: set intervention=linear_map")):
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")) as err:
+            eval_cfg(override)
+        assert "\n" not in str(err.value)
+    calls = []
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(lambda cls, *a, **k: calls.append(a)))
+    for overrides, error, message in (
+            (["intervention.layers=[40]"], ConfigError,
+             r"intervention.layers=\[40\]: index 40 is out of range for this model's hidden-state indices 0..32"),
+            (["model.target_layer=33"], ConfigError, r"model.target_layer=33 \(intervention.layers=target\)"),
+            (["data.val_fraction=0.05"], DataError, r"leaves \d validation pair\(s\): intervention alpha"),
+            (["adapter=/some/adapter"], ConfigError, "fits .* one map for the bare base model: give no adapter"),
+            (["intervention.load=/nope"], AdapterError, "intervention.load='/nope': no such directory")):
+        with pytest.raises(error, match=message):
+            evaluate_job(eval_cfg("intervention=linear_map", *overrides))
+    assert calls == [] and not (tmp_path / "eval").exists()
+
+
+def test_the_intervention_config_group_composes():
+    raw = compose_raw("evaluate", ["intervention=mean_shift"])
+    assert (raw.intervention.type, raw.intervention.alphas[0]) == ("mean_shift", -0.5)
+    raw = compose_raw("evaluate", ["intervention=linear_map", "crossfit=5fold", "intervention.fit_on=deranged"])
+    assert (raw.intervention.type, raw.intervention.fit_on, raw.data.crossfit) == ("linear_map", "deranged", 5)
+    assert compose_raw("evaluate", []).intervention.type == "none"
