@@ -247,3 +247,12 @@ def test_every_term_is_logged_and_the_harm_budget_disqualifies(train_cfg, tmp_pa
     card = json.loads((tmp_path / "adapter" / "tli_adapter.json").read_text())
     assert card["preserve"]["kl"] == 1 and card["preserve"]["schedule"] == "sum"
     assert card["loss"]["translation_lm"] == 0.5
+
+
+def test_a_kept_best_adapter_reports_its_own_validation(train_cfg, tmp_path):
+    train_job(train_cfg("trainer.max_epochs=2", "objective.keep=best", "preserve.n_val_text=3",
+                        "preserve.max_new_tokens=6", "optim.lr=0.05"))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    own = torch.load(metrics["best"]["path"], weights_only=True)["validation"]
+    assert metrics["alignment"] == own[metrics["objective_name"]] and metrics["harm"] == own["val/harm"]
+    assert metrics["admissible"] == (own["val/harm"] <= 0.02)

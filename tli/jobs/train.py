@@ -207,15 +207,14 @@ def _finite(value) -> float | None:
 
 
 def harm_verdict(result: dict, metrics: dict, max_harm: float | None) -> dict:
-    """What metrics.json says about the harm budget: the kept adapter's alignment and harm (the last validation's;
-    for a kept best checkpoint, its objective already excludes epochs over the budget), and whether it is within."""
-    harm = metrics.get("val/harm")
-    alignment = result["objective"]
+    """What metrics.json says about the harm budget: the kept adapter's alignment and harm (the last validation's,
+    or the best checkpoint's own validation when the best is kept), and whether it is within the budget."""
+    if result.get("kept") == "best":
+        metrics = result["best"].get("validation") or metrics
+    harm, alignment = metrics.get("val/harm"), metrics.get(result["objective_name"])
     admissible = max_harm is None or (harm is not None and harm <= max_harm)
-    if result.get("kept") == "best" and max_harm is not None:
-        admissible = alignment is not None
-    return {"alignment": metrics.get(result["objective_name"]), "harm": harm, "max_harm": max_harm,
-            "admissible": admissible, "objective": alignment if admissible else None}
+    return {"alignment": alignment, "harm": harm, "max_harm": max_harm, "admissible": admissible,
+            "objective": alignment if admissible else None}
 
 
 def _train(cfg, out: Path, loss, key: str, extra_callbacks, reported: set | None = None) -> dict:
@@ -286,8 +285,9 @@ def export_adapters(trainer: L.Trainer, module: TLIModule, out: Path, card: Adap
     else:
         save_adapter(module.backbone, out / other, card.with_updates(checkpoint="last"))
     if best:
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state, strict=False)
+        ckpt = torch.load(best, map_location="cpu", weights_only=True)
+        module.load_state_dict(ckpt["state_dict"], strict=False)
+        found["best"]["validation"] = ckpt.get("validation", {})
         save_adapter(module.backbone, out / ("adapter" if keep == "best" else other),
                      card.with_updates(checkpoint="best"))
         if keep == "best":

@@ -84,6 +84,7 @@ class TLIModule(L.LightningModule):
         self._val: list = []  # (vectors (n_eval, 2B, D), src ids, tgt ids, pair positions (B,)) per batch
         self._centring: dict[str, list] = {"src": [], "tgt": []}  # training-word vectors (n, n_eval, D)
         self.before_training: dict[str, float] = {}  # the sanity-check validation: the base model's figures
+        self.last_validation: dict[str, float] = {}
 
     # ---- model -----------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -259,6 +260,7 @@ class TLIModule(L.LightningModule):
             self.before_training = logged
         # equal on every process (each saw the whole set); synced so that checkpointing agrees
         self.log_dict(logged, sync_dist=True, add_dataloader_idx=False)
+        self.last_validation = logged  # saved with the checkpoint written after this validation
         self._val, self._centring = [], {"src": [], "tgt": []}
 
     def harm_figures(self, logged: dict) -> dict[str, float]:
@@ -288,6 +290,7 @@ class TLIModule(L.LightningModule):
         keep = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["centre"] = self.centre.state_dict()
+        checkpoint["validation"] = dict(self.last_validation)  # what the best checkpoint was chosen on
         checkpoint["rng"] = {"torch": torch.get_rng_state(),
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
