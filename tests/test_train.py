@@ -302,9 +302,18 @@ def test_the_run_ends_with_a_summary_whose_command_evaluates_it(train_cfg, tmp_p
 
 @pytest.mark.slow
 def test_evaluate_true_evaluates_the_finished_run(train_cfg, tmp_path, capsys):
-    result = train_job(train_cfg("debug=fdr", "evaluate=true", "eval.n_boot=200", "eval.layers=[32]"))
+    result = train_job(train_cfg("debug=fdr", "evaluate=true", "eval.n_boot=200", "eval.layers=[2,32]",
+                                 "eval.translation=true", "eval.shots=2"))
     assert result["evaluation"] == str(tmp_path / "eval")
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["settings"]["adapters"] == [str(tmp_path / "adapter")]
     out = capsys.readouterr().out
     assert "evaluate it" not in out and "unseen (control) pairs, index 32" in out
+    # the few lines at the end: alignment at the trained index, translation, held-out NLL, as summary.json has them
+    run = summary["runs"]["run"]
+    rr = run["control"]["2"]["centred"]["paired"]["pool_mrr"]
+    assert f"centred pool-matched MRR at index 2: {rr['mean_before']:.3f} -> {rr['mean_after']:.3f}" in out
+    for direction, st in run["translation"]["control"].items():
+        assert f"{direction}: {st['correct_before']}/{st['n']} -> {st['correct_after']}/{st['n']}" in out
+    for lang, c in run["lm_loss"].items():
+        assert f"held-out NLL {lang}: {c['nll_before']:.3f} -> {c['nll_after']:.3f}" in out

@@ -131,8 +131,32 @@ def train_job(cfg, extra_callbacks=()) -> dict:
             from tli.jobs.evaluate import evaluate_job
 
             result["evaluation"] = str(out / "eval")
-            evaluate_job(replace(cfg, adapter=str(out / "adapter")), reported=reported)
+            summary = evaluate_job(replace(cfg, adapter=str(out / "adapter")), reported=reported)
+            print("\n".join(in_short(summary, cfg.model.target_layer)))
     return result
+
+
+def in_short(summary: dict, k: int) -> list[str]:
+    """The run's evaluation in a few lines: alignment gain on the control pairs (never seen) at the trained index
+    against the centred base model, translation change per direction, held-out NLL change per language, with tests."""
+    from tli.eval.tables import fmt_p
+
+    run = next(iter(summary.get("runs", {}).values()), {})
+    lines = ["in short (control pairs, never trained on; held-out sentences, never seen):"]
+    rr = run.get("control", {}).get(k, run.get("control", {}).get(str(k), {})).get("centred", {}).get("paired", {})
+    rr = rr.get("pool_mrr")
+    if rr:
+        p = rr.get("holm_p", rr.get("wilcoxon_p"))
+        lines.append(f"  alignment    centred pool-matched MRR at index {k}: {rr['mean_before']:.3f} -> "
+                     f"{rr['mean_after']:.3f} (n = {rr['n']}, Wilcoxon {fmt_p(p)}; null: the centred base model)")
+    for direction, st in run.get("translation", {}).get("control", {}).items():
+        lines.append(f"  translation  {direction}: {st['correct_before']}/{st['n']} -> {st['correct_after']}/{st['n']} "
+                     f"(McNemar {fmt_p(st['mcnemar_p'])})")
+    for lang, c in run.get("lm_loss", {}).items():
+        change = "n/a" if c.get("relative_change") is None else f"{c['relative_change']:+.1%}"
+        lines.append(f"  held-out NLL {lang}: {c['nll_before']:.3f} -> {c['nll_after']:.3f} nats/token ({change}, "
+                     f"Wilcoxon {fmt_p(c.get('wilcoxon_p'))})")
+    return lines if len(lines) > 1 else []
 
 
 def print_summary(result: dict, cfg, out: Path, seconds: float) -> None:
