@@ -280,6 +280,36 @@ def test_fit_on_deranged_fits_the_deranged_pairs(eval_cfg, full, tmp_path):
     assert timing["n_fit_pairs"] == len(train)
 
 
+def test_alpha_is_the_best_validation_score_within_the_harm_budget(eval_cfg, full):
+    from tli.data.config import load_lexicons
+    from tli.eval.graded import score_gold
+    from tli.eval.lm_loss import heldout_sentences, lm_loss
+    from tli.intervention.artifact import InterventionCard
+    from tli.intervention.fit import choose_alpha, plan_fit
+
+    model, tok = full
+    text = heldout_sentences("Swahili")[:6]  # any text: the job uses the base model's own samples
+    iv = _random_map(model.config.hidden_size, alpha=0.0)
+    for budget in ("null", "0.001"):
+        cfg = eval_cfg("intervention=linear_map", "intervention.alphas=[-4,4]", f"objective.max_harm={budget}",
+                       "data.val_fraction=0.25")
+        plan = plan_fit(cfg, load_lexicons(cfg.data), InterventionCard(base_model="m", target_layer=LAYER), 32)
+        table = choose_alpha(model, tok, iv, plan, text, cfg)
+        assert [r["alpha"] for r in table] == [0.0, -4.0, 4.0]
+        for r in table:  # each row by hand
+            with torch.no_grad(), intervened(model, iv.with_alpha(r["alpha"]), for_queries(tok, plan.val_queries,
+                                                                                         "query")):
+                gold = [g["gold_logprob"] for g in score_gold(model, tok, plan.val_queries)]
+            with torch.no_grad(), intervened(model, iv.with_alpha(r["alpha"]), for_sentences(tok, text)):
+                nll = lm_loss(model, tok, text)["nll"]
+            assert r["gold_logprob"] == pytest.approx(sum(gold) / len(gold), rel=1e-6)
+            assert r["nll"] == pytest.approx(nll, rel=1e-9) and r["rise"] == pytest.approx(nll / table[0]["nll"] - 1)
+            assert r["within_budget"] == (budget == "null" or r["alpha"] == 0 or r["rise"] <= float(budget))
+        allowed = [r for r in table if r["within_budget"]]
+        assert [r for r in table if r["chosen"]] == [max(allowed, key=lambda r: r["gold_logprob"])]
+    assert not all(r["within_budget"] for r in table)  # the tight budget rules an alpha out
+
+
 def test_bad_config_values_are_one_line_errors(eval_cfg, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
@@ -321,3 +351,136 @@ def test_the_intervention_config_group_composes():
     raw = compose_raw("evaluate", ["intervention=linear_map", "crossfit=5fold", "intervention.fit_on=deranged"])
     assert (raw.intervention.type, raw.intervention.fit_on, raw.data.crossfit) == ("linear_map", "deranged", 5)
     assert compose_raw("evaluate", []).intervention.type == "none"
+
+
+def test_mean_shift_is_the_mean_difference_and_blind_to_the_derangement(eval_cfg, full):
+    from tli.data.config import load_lexicons
+    from tli.intervention.artifact import InterventionCard
+    from tli.intervention.fit import fit_map, plan_fit
+    from tli.model.embed import embed_words
+
+    model, tok = full
+    fitted = []
+    for fit_on in ("pairs", "deranged"):
+        cfg = eval_cfg("intervention=mean_shift", f"intervention.fit_on={fit_on}", "intervention.layers=[1,3]")
+        plan = plan_fit(cfg, load_lexicons(cfg.data), InterventionCard(base_model="m", target_layer=LAYER), 32)
+        fitted.append(fit_map(model, tok, plan, cfg)[0])
+    X = embed_words(model, tok, [p.source for p in plan.fit_pairs], layers=[1, 3]).vectors
+    Y = embed_words(model, tok, [p.target for p in plan.fit_pairs], layers=[1, 3]).vectors
+    for slot, layer in enumerate((1, 3)):
+        torch.testing.assert_close(fitted[1].tensors[layer], Y[:, slot].mean(0) - X[:, slot].mean(0))
+        # a derangement permutes the targets: the means, and so the shift, stay (it is the null of linear_map)
+        torch.testing.assert_close(fitted[0].tensors[layer], fitted[1].tensors[layer])
+
+
+def test_evaluate_fits_saves_and_scores_the_map(eval_cfg, full, tiny_nf4, tmp_path):
+    """evaluate.py intervention=linear_map: the report, summary.json and the saved map; the after-state rows equal
+    the base model with the reloaded map applied by hand; English (backward prompts, English text) untouched."""
+    import csv
+
+    from tli.data.config import load_lexicons
+    from tli.eval.lm_loss import heldout_sentences, lm_loss
+    from tli.eval.translation import build_queries, evaluate_translation
+    from tli.intervention.artifact import read_intervention
+    from tli.jobs.evaluate import evaluate_job
+
+    summary = evaluate_job(eval_cfg("intervention=linear_map", "eval.translation=true", "eval.nn_shots=false",
+                                    "data.val_fraction=0.25", "intervention.alphas=[-2,2]",
+                                    f"paths.cache_dir={tmp_path / 'cache'}"))
+    out = tmp_path / "eval"
+    assert {"report.md", "summary.json", "translation.csv", "pairs.csv"} <= {p.name for p in out.iterdir()}
+    card, iv = read_intervention(out / "intervention")
+    info = summary["runs"]["run"]["intervention"]
+    table = info["validation"]
+    assert [r["alpha"] for r in table] == [0.0, -2.0, 2.0] and card.intervention == info
+    best = max((r for r in table if r["within_budget"]), key=lambda r: (r["gold_logprob"], -abs(r["alpha"])))
+    assert [r["alpha"] for r in table if r["chosen"]] == [best["alpha"]] == [iv.alpha]
+    assert all(r["rise"] <= 0.02 for r in table if r["within_budget"] and r["alpha"])
+    assert card.split == {"crossfit": 0, "fold": 0, "derange": False, "val_fraction": 0.25} and card.seed == 0
+    assert "### Intervention" in (out / "report.md").read_text()
+    rows = list(csv.DictReader((out / "translation.csv").open(encoding="utf-8")))
+    model, tok = full
+    fwd_rows = [r for r in rows if r["direction"] == "Swahili->English"]
+    lex = load_lexicons(eval_cfg().data)  # the evaluation's queries, with the reloaded map applied by hand
+    fwd = [q for q in build_queries({"train": lex.train, "control": lex.control}, k=5, seed=0)
+           if q.direction == "Swahili->English"]
+    with torch.no_grad(), intervened(model, iv, for_queries(tok, fwd, "query")):
+        by_hand = evaluate_translation(model, tok, fwd)
+    assert [r["prediction_after"] for r in fwd_rows] == [r["prediction"] for r in by_hand]
+    assert [float(r["gold_logprob_after"]) for r in fwd_rows] == pytest.approx(
+        [r["gold_logprob"] for r in by_hand], rel=1e-5)
+    for r in rows:
+        if r["direction"] == "English->Swahili":  # English prompts: the base model's rows, unchanged
+            assert r["prediction_after"] == r["prediction_before"]
+            assert r["gold_logprob_after"] == r["gold_logprob_before"]
+    nll = summary["runs"]["run"]["lm_loss"]
+    assert nll["English"]["nll_after"] == nll["English"]["nll_before"]
+    sw = heldout_sentences("Swahili")
+    with torch.no_grad(), intervened(model, iv, for_sentences(tok, sw)):
+        assert nll["Swahili"]["nll_after"] == pytest.approx(lm_loss(model, tok, sw)["nll"], rel=1e-6)
+    if iv.alpha:
+        assert nll["Swahili"]["nll_after"] != nll["Swahili"]["nll_before"]
+    # reloading the saved map evaluates it again: the same after-state
+    again = evaluate_job(eval_cfg(f"intervention.load={out / 'intervention'}", "eval.translation=true",
+                                  "eval.nn_shots=false", out=tmp_path / "again"))
+    assert again["runs"]["run"]["lm_loss"]["Swahili"]["nll_after"] == nll["Swahili"]["nll_after"]
+    assert again["runs"]["run"]["translation"]["train"] == summary["runs"]["run"]["translation"]["train"]
+    nf4, _ = tiny_nf4  # the representation figures: source words embedded with the map on (NF4, as the adapters)
+    pairs = [r for r in csv.DictReader((out / "pairs.csv").open()) if r["split"] == "control" and r["layer"] == "2"]
+    from tli.model.embed import Probe, embed_words
+
+    words = [pairs[0]["source"]]
+    with intervened(nf4, iv, for_words(tok, words)):
+        src = embed_words(nf4, tok, words, Probe(target_layer=LAYER), layers=[LAYER]).vectors[0, 0]
+    tgt = embed_words(nf4, tok, [pairs[0]["target"]], Probe(target_layer=LAYER), layers=[LAYER]).vectors[0, 0]
+    assert float(pairs[0]["cos_after"]) == pytest.approx(float(src @ tgt), abs=1e-5)
+
+
+def test_cross_fitted_maps_and_their_null_are_recipes_of_one_evaluation(eval_cfg, tmp_path):
+    """`evaluate.py -m intervention=... crossfit=...` fits one map per fold (fit_only); the sweep's callback then
+    evaluates them as recipes: every training word scored once per direction as unseen, by the map of its fold, the
+    deranged null after its recipe, the nn_shots null, the comparisons Holm-adjusted."""
+    import csv
+
+    from omegaconf import OmegaConf
+
+    from tli.data.config import load_lexicons
+    from tli.eval.translation import build_queries
+    from tli.intervention.sweep import InterventionReport, recipes, saved_maps
+    from tli.jobs.evaluate import evaluate_job
+
+    common = ["intervention=linear_map", "intervention.solver=procrustes", "intervention.position=last",
+              "intervention.alphas=[0.5]", "data.crossfit=2", "data.val_fraction=0.25",
+              f"paths.cache_dir={tmp_path / 'cache'}"]
+    job = 0
+    for fit_on in ("pairs", "deranged"):
+        for fold in (0, 1):
+            card = evaluate_job(eval_cfg(*common, f"data.fold={fold}", f"intervention.fit_on={fit_on}",
+                                         "intervention.fit_only=true", out=tmp_path / "sweep" / str(job)))
+            assert card["split"]["fold"] == fold and card["split"]["derange"] == (fit_on == "deranged")
+            job += 1
+    assert not (tmp_path / "sweep" / "0" / "eval" / "summary.json").exists()  # fit only: no report
+    maps = saved_maps(tmp_path / "sweep")
+    assert recipes(maps) == {"linear_map": [str(m) for m in maps[:2]],
+                             "linear_map-deranged": [str(m) for m in maps[2:]]}
+    raw = compose_raw("evaluate", [*common[:-1], "eval.translation=true", "eval.n_boot=500",
+                                   f"model.name_or_path={eval_cfg().model.name_or_path}",
+                                   f"data.train_file={eval_cfg().data.train_file}",
+                                   f"data.control_file={eval_cfg().data.control_file}"])
+    OmegaConf.set_struct(raw, False)
+    raw.hydra = {"sweep": {"dir": str(tmp_path / "sweep")}}
+    InterventionReport().on_multirun_end(raw)
+    summary = json.loads((tmp_path / "sweep" / "eval" / "summary.json").read_text())
+    assert list(summary["recipes"]) == ["linear_map", "linear_map-deranged"]
+    assert set(summary["comparisons"]["pairs"]) == {"linear_map vs linear_map-deranged", "linear_map vs nn_shots",
+                                                    "linear_map-deranged vs nn_shots"}
+    assert all("holm_p" in cell["correct"] for c in summary["comparisons"]["pairs"].values()
+               for by in c["translation"].values() for cell in by.values())
+    assert set(summary["recipes"]["linear_map"]["crossfit"]) == {"unseen", "control"}
+    rows = list(csv.DictReader((tmp_path / "sweep" / "eval" / "translation.csv").open(encoding="utf-8")))
+    lex = load_lexicons(eval_cfg().data)
+    train_words = sorted((q.direction, q.source) for q in build_queries(
+        {"train": lex.train, "control": lex.control}, k=5) if q.split == "train")
+    for recipe in ("linear_map", "linear_map-deranged"):  # each training word once per direction, as unseen
+        assert sorted((r["direction"], r["source"]) for r in rows
+                      if r["run"].startswith(recipe + "/") and r["split"] == "unseen") == train_words
