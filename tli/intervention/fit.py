@@ -53,6 +53,10 @@ def plan_fit(cfg, lexicons, base_card: InterventionCard, n_layers: int) -> FitPl
     iv, data, lexicon = cfg.intervention, cfg.data, lexicons.train
     probe = cfg.model.probe()
     layers = iv.resolve_layers(probe.target_layer, n_layers)
+    if n_layers in layers and iv.position == "query":
+        log.warning("intervention at index %d (the final norm's output, read only by the LM head) on the query word: "
+                    "no later position sees it, so translation answers cannot change there; the held-out loss and "
+                    "the vectors still do", n_layers)
     deranged = bool(data.derange or iv.fit_on == "deranged")
     train, val, _ = split_pairs(lexicon, replace(data, derange=False), cfg.seed)
     where = f"{lexicon.path} with data.val_fraction={data.val_fraction}" + (
