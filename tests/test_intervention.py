@@ -446,8 +446,8 @@ def test_cross_fitted_maps_and_their_null_are_recipes_of_one_evaluation(eval_cfg
 
     from tli.data.config import load_lexicons
     from tli.eval.translation import build_queries
-    from tli.intervention.sweep import InterventionReport, recipes, saved_maps
     from tli.jobs.evaluate import evaluate_job
+    from tli.jobs.intervention_report import InterventionReport, recipes, saved_maps
 
     common = ["intervention=linear_map", "intervention.solver=procrustes", "intervention.position=last",
               "intervention.alphas=[0.5]", "data.crossfit=2", "data.val_fraction=0.25",

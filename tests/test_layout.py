@@ -7,8 +7,8 @@ from helpers import ROOT
 
 # Lowest first: the package itself (tli/__init__.py), the base modules, then the folders and the schema. A module's
 # layer is the most specific entry that is the module itself or a folder holding it.
-LAYERS = ["tli", "tli.errors", "tli.io", "tli.console", "tli.tiny", "tli.model", "tli.data", "tli.eval", "tli.training",
-          "tli.config", "tli.jobs"]
+LAYERS = ["tli", "tli.errors", "tli.io", "tli.console", "tli.tiny", "tli.model", "tli.data", "tli.eval",
+          "tli.intervention", "tli.training", "tli.config", "tli.jobs"]
 
 
 def _layer(module: str) -> int:

@@ -11,6 +11,7 @@ from tli.eval.headline import behaviour_table
 from tli.eval.sections import (
     embedding_aggregate_section,
     embedding_section,
+    intervention_section,
     lm_loss_aggregate_section,
     lm_loss_section,
     translation_aggregate_section,
@@ -54,9 +55,7 @@ def render(summary: dict) -> str:
     for run_name, run in summary["runs"].items():
         lines += [f"## {run_name}", ""]
         if run.get("intervention"):  # an inference-time map (tli.intervention), not an adapter
-            from tli.intervention.artifact import describe
-
-            lines.append(describe(run["intervention"]))
+            lines.append(intervention_section(run["intervention"]))
         lines.append(embedding_section(run))
         if run.get("translation"):
             lines.append(translation_section(run["translation"], header="### Few-shot word translation"))

@@ -219,3 +219,31 @@ def lm_loss_aggregate_section(aggregate: Mapping[str, Mapping[str, Any]],
     table = markdown_table(rows, ["language", "runs", "NLL before", "NLL after", "change", "runs flagged"],
                            align="lrrrrr")
     return f"{header}\n\n{table}\n"
+
+
+def intervention_section(info: dict) -> str:
+    """The report's section on a run that is an intervention: what it is and the validation table of every alpha."""
+    ridge = "" if info.get("ridge") is None else f", lambda {info['ridge']:g}"
+    what = info["type"] if info["type"] == "mean_shift" else \
+        f"linear_map ({info.get('solver')}{ridge}, update {info.get('update')})"
+    budget = "(no budget)" if info.get("max_harm") is None else f"{100 * info['max_harm']:g}%"
+    lines = ["### Intervention", "",
+             f"{what} at hidden-state indices {info['layers']}, on the {info.get('position')} position(s), fitted on "
+             f"{info.get('n_fit_pairs', '?')} {'deranged ' if info.get('fit_on') == 'deranged' else ''}training "
+             f"pairs; alpha {info['alpha']:+g} chosen on {info.get('n_val_pairs', '?')} validation pairs by "
+             f"{info.get('select_on')}, within a rise of the source-language validation-text NLL of at most "
+             f"{budget}.", ""]
+    table = info.get("validation") or []
+    if table:
+        lines += ["| alpha | accuracy | gold log-prob | text NLL | rise | within budget | chosen |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in table:
+            lines.append(f"| {r['alpha']:+g} | {_opt(r.get('accuracy'), '.3f')} | {_opt(r.get('gold_logprob'))} | "
+                         f"{_opt(r.get('nll'))} | {_opt(r.get('rise'), '+.2%')} | "
+                         f"{'yes' if r['within_budget'] else 'no'} | {'*' if r.get('chosen') else ''} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _opt(x, spec: str = ".4f") -> str:
+    return "n/a" if x is None else format(x, spec)

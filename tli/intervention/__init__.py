@@ -11,6 +11,7 @@ arXiv 2410.12462), or the mean language-difference vector with the hidden state'
 - `hooks`: `intervened(model, intervention, targets)`, the forward hooks that apply it;
 - `artifact`: the saved map (`map.safetensors` + `intervention.json`, an `InterventionCard`) and its checks;
 - `fit`: fitting on the training pairs and choosing alpha on the validation pairs within the harm budget;
-- `measure`: the evaluation's "after" state with an intervention (vectors, translation, held-out loss);
-- `sweep`: the Hydra callback that evaluates a multirun's saved maps as recipes in one evaluation.
+- `measure`: the evaluation job's steps: which runs (a map to fit, saved maps), fit-and-save, and the "after" state
+  with an intervention (vectors, translation, held-out loss).
+The Hydra callback that evaluates a multirun's saved maps as recipes is `tli.jobs.intervention_report`.
 """

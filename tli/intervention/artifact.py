@@ -137,28 +137,10 @@ def read_intervention_card(directory: str | Path) -> InterventionCard:
     return read_intervention(directory)[0]
 
 
-def describe(info: dict) -> str:
-    """The report's section on a run that is an intervention: what it is and the validation table of every alpha."""
-    ridge = "" if info.get("ridge") is None else f", lambda {info['ridge']:g}"
-    what = info["type"] if info["type"] == "mean_shift" else \
-        f"linear_map ({info.get('solver')}{ridge}, update {info.get('update')})"
-    lines = ["### Intervention", "",
-             f"{what} at hidden-state indices {info['layers']}, on the {info.get('position')} position(s), fitted on "
-             f"{info.get('n_fit_pairs', '?')} {'deranged ' if info.get('fit_on') == 'deranged' else ''}training "
-             f"pairs; alpha {info['alpha']:+g} chosen on {info.get('n_val_pairs', '?')} validation pairs by "
-             f"{info.get('select_on')}, within a rise of the source-language validation-text NLL of at most "
-             f"{'(no budget)' if info.get('max_harm') is None else format(info['max_harm'], '.0%')}.", ""]
-    table = info.get("validation") or []
-    if table:
-        lines += ["| alpha | accuracy | gold log-prob | text NLL | rise | within budget | chosen |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in table:
-            lines.append(f"| {r['alpha']:+g} | {num(r.get('accuracy'), '.3f')} | {num(r.get('gold_logprob'))} | "
-                         f"{num(r.get('nll'))} | {num(r.get('rise'), '+.2%')} | {'yes' if r['within_budget'] else 'no'}"
-                         f" | {'*' if r.get('chosen') else ''} |")
-        lines.append("")
-    return "\n".join(lines)
 
+def read_card(directory: str | Path) -> AdapterCard:
+    """The card of an adapter (`tli.model.adapter.read_sidecar`) or of a saved intervention, after the checks of its
+    files: `open_adapters(..., read=read_card)` opens both, to be scored, pooled and compared alike."""
+    from tli.model.adapter import read_sidecar
 
-def num(x, spec: str = ".4f") -> str:
-    return "n/a" if x is None else format(x, spec)
+    return read_intervention_card(directory) if is_intervention(directory) else read_sidecar(directory)

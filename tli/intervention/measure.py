@@ -19,7 +19,13 @@ from pathlib import Path
 from tli.errors import AdapterError, ConfigError
 from tli.eval.behaviour import behaviour
 from tli.eval.vectors import SplitVectors
-from tli.intervention.artifact import CARD_FILE, InterventionCard, read_intervention_card, save_intervention
+from tli.intervention.artifact import (
+    CARD_FILE,
+    InterventionCard,
+    read_card,
+    read_intervention_card,
+    save_intervention,
+)
 from tli.intervention.fit import FitPlan, choose_alpha, fit_map, harm_text, plan_fit
 from tli.intervention.hooks import intervened
 from tli.intervention.maps import Intervention
@@ -81,11 +87,10 @@ def fit_and_save(base, speaker, tokenizer, plan: FitPlan, cfg, lexicons, spec, o
     return card, intervention
 
 
-def open_runs(cfg, lexicons, spec, paths, n_layers: int, config):
+def open_runs(cfg, lexicons, spec, paths, n_layers: int, config, run_card):
     """(OpenedAdapters, FitPlan | None) of an evaluation: with `intervention=...` the one map to fit (saved to
-    <eval dir>/intervention) or `intervention.load`; otherwise the adapters and saved maps in `paths`. Checked before
-    any weights load."""
-    from tli.jobs.common import run_card
+    <eval dir>/intervention; `run_card`: the run's AdapterCard, tli.jobs.common.run_card) or `intervention.load`;
+    otherwise the adapters and saved maps in `paths`. Checked before any weights load."""
     from tli.model.adapter import OpenedAdapters, open_adapters
     from tli.model.loading import weights_fingerprint
 
@@ -95,14 +100,14 @@ def open_runs(cfg, lexicons, spec, paths, n_layers: int, config):
                           "adapter; to compare saved maps with adapters, list their directories as recipes "
                           "(+adapters.<recipe>=[<eval dir>/intervention,...])")
     if iv.active and not iv.load:
-        skeleton = InterventionCard(**vars(run_card(cfg, lexicons)))
+        skeleton = InterventionCard(**vars(run_card))
         fit = plan_fit(cfg, lexicons, skeleton.with_updates(base_fingerprint=weights_fingerprint(spec)), n_layers)
         opened = OpenedAdapters([str(Path(cfg.paths.output_dir) / "eval" / "intervention")], [fit.card],
                                 cfg.model.probe())
     else:
         if iv.load:  # its own messages first (a directory that is not a saved map)
             read_intervention_card(iv.load)
-        opened = open_adapters(iv.load or paths, spec, cfg.model.probe(), lexicons.info())
+        opened = open_adapters(iv.load or paths, spec, cfg.model.probe(), lexicons.info(), read=read_card)
     if iv.load and iv.type != "none" and opened.cards[0].kind != iv.type:
         raise ConfigError(f"intervention.load={iv.load!r} holds a {opened.cards[0].kind}, not the "
                           f"intervention={iv.type} asked for")

@@ -58,7 +58,7 @@ from tli.intervention.artifact import InterventionCard, read_intervention
 from tli.intervention.fit import FitPlan
 from tli.intervention.measure import fit_and_save, intervened_behaviour, intervened_vectors, open_runs
 from tli.io import atomic_write_json
-from tli.jobs.common import provenance, run_dir_lock
+from tli.jobs.common import provenance, run_card, run_dir_lock
 from tli.jobs.tracking import init_wandb
 from tli.model.adapter import OpenedAdapters, attach, bare
 from tli.model.embed import Probe
@@ -124,7 +124,7 @@ def plan(cfg, reported: set | None = None) -> EvalPlan:
     paths = [d for dirs in recipes.values() for d in dirs] or cfg.adapter
     _, config = load_config(spec)
     n_layers = num_layers(config)
-    adapters, fit = open_runs(cfg, lexicons, spec, paths, n_layers, config)
+    adapters, fit = open_runs(cfg, lexicons, spec, paths, n_layers, config, run_card(cfg, lexicons))
     names = [f"{name}/{i}" for name, dirs in recipes.items() for i in range(len(dirs))] or adapters.names()
     splits = {"train": lexicons.train, **({"control": lexicons.control} if lexicons.control is not None else {})}
     queries = translation_queries(cfg.eval, splits, cfg.seed) if cfg.eval.translation else []

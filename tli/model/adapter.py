@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,14 +109,6 @@ def read_sidecar(adapter_dir: str | Path) -> AdapterCard:
     return card
 
 
-def read_card(directory: str | Path) -> AdapterCard:
-    """`read_sidecar`, or for a saved intervention (`intervention.json`, tli.intervention.artifact) its card after
-    the same checks of its files: both are scored, pooled and compared alike."""
-    from tli.intervention.artifact import is_intervention, read_intervention_card
-
-    return read_intervention_card(directory) if is_intervention(directory) else read_sidecar(directory)
-
-
 @dataclass
 class OpenedAdapters:
     """Adapters read and checked against the base model, before its weights load."""
@@ -128,14 +121,16 @@ class OpenedAdapters:
         return ["run"] if len(self.paths) == 1 else [f"run{i}" for i in range(len(self.paths))]
 
 
-def open_adapters(paths, spec: ModelSpec, probe: Probe, lexicons: dict | None = None) -> OpenedAdapters:
+def open_adapters(paths, spec: ModelSpec, probe: Probe, lexicons: dict | None = None,
+                  read: Callable[[str], AdapterCard] = read_sidecar) -> OpenedAdapters:
     """Read and check `paths` (one adapter or a list) for `spec`: files, base weights (one fingerprint for all),
     quantization, probe agreement (the adapters' probe replaces `probe`), and, with `lexicons`
-    (AuditResult.info()), a warning for each split that differs from the one an adapter was trained on."""
+    (AuditResult.info()), a warning for each split that differs from the one an adapter was trained on. `read`: the
+    card reader (tli.intervention.artifact.read_card also reads saved interventions, which are checked alike)."""
     if not paths:
         raise AdapterError("adapter is required: evaluate.py adapter=PATH (or adapter=[RUN1,RUN2] for several seeds)")
     paths = [str(a) for a in (paths if isinstance(paths, (list, tuple)) else [paths])]
-    cards = [read_card(a) for a in paths]
+    cards = [read(a) for a in paths]
     current = weights_fingerprint(spec) if any(c.base_fingerprint for c in cards) else None
     for path, card in zip(paths, cards, strict=True):
         check_base_model(card, spec, path, current)
