@@ -375,7 +375,7 @@ def test_mean_shift_is_the_mean_difference_and_blind_to_the_derangement(eval_cfg
 
 def test_evaluate_fits_saves_and_scores_the_map(eval_cfg, full, tiny_nf4, tmp_path):
     """evaluate.py intervention=linear_map: the report, summary.json and the saved map; the after-state rows equal
-    the base model with the reloaded map applied by hand; English (backward prompts, English text) untouched."""
+    the base model with the reloaded map applied by hand; English (prompts: not scored; text) untouched."""
     import csv
 
     from tli.data.config import load_lexicons
@@ -409,10 +409,7 @@ def test_evaluate_fits_saves_and_scores_the_map(eval_cfg, full, tiny_nf4, tmp_pa
     assert [r["prediction_after"] for r in fwd_rows] == [r["prediction"] for r in by_hand]
     assert [float(r["gold_logprob_after"]) for r in fwd_rows] == pytest.approx(
         [r["gold_logprob"] for r in by_hand], rel=1e-5)
-    for r in rows:
-        if r["direction"] == "English->Swahili":  # English prompts: the base model's rows, unchanged
-            assert r["prediction_after"] == r["prediction_before"]
-            assert r["gold_logprob_after"] == r["gold_logprob_before"]
+    assert len(fwd_rows) == len(rows)  # English prompts are not scored: the map acts on source-language input
     nll = summary["runs"]["run"]["lm_loss"]
     assert nll["English"]["nll_after"] == nll["English"]["nll_before"]
     sw = heldout_sentences("Swahili")
@@ -479,8 +476,11 @@ def test_cross_fitted_maps_and_their_null_are_recipes_of_one_evaluation(eval_cfg
     assert set(summary["recipes"]["linear_map"]["crossfit"]) == {"unseen", "control"}
     rows = list(csv.DictReader((tmp_path / "sweep" / "eval" / "translation.csv").open(encoding="utf-8")))
     lex = load_lexicons(eval_cfg().data)
-    train_words = sorted((q.direction, q.source) for q in build_queries(
-        {"train": lex.train, "control": lex.control}, k=5) if q.split == "train")
-    for recipe in ("linear_map", "linear_map-deranged"):  # each training word once per direction, as unseen
+    built = build_queries({"train": lex.train, "control": lex.control}, k=5)
+    train_words = sorted((q.direction, q.source) for q in built if q.split == "train" and q.direction[0] == "S")
+    back_words = sorted((q.direction, q.source) for q in built if q.split == "train" and q.direction[0] == "E")
+    for recipe in ("linear_map", "linear_map-deranged"):  # each training word once (forward prompts), as unseen
         assert sorted((r["direction"], r["source"]) for r in rows
                       if r["run"].startswith(recipe + "/") and r["split"] == "unseen") == train_words
+    assert sorted((r["direction"], r["source"]) for r in rows if r["run"] == "nn_shots" and r["split"] == "unseen") \
+        == sorted(train_words + back_words)  # the prompt-only null: both directions

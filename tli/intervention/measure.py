@@ -5,7 +5,8 @@ The intervention acts on source-language input only, so everything in English is
 - vectors: each split's source words embedded with the update on the word's own tokens (both `position` modes); the
   English words' vectors are the base model's (`before`);
 - translation: the forward queries (source word -> English) with the update at the query word's tokens or the
-  prompt's last token (`intervention.position`); the backward queries' rows are the base model's;
+  prompt's last token (`intervention.position`); the evaluation scores an intervention on those only (the backward
+  prompts' rows would be the base model's by construction, and would only dilute the recipe comparisons);
 - held-out loss: the source language's sentences with the update on every token but BOS; the English sentences'
   losses are the base model's.
 """

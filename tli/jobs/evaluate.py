@@ -180,6 +180,8 @@ def measure(plan: EvalPlan) -> Measured:
     for i, (name, adapter) in enumerate(zip(plan.names, plan.adapters.paths, strict=True)):
         card, words = plan.adapters.cards[i], plan.unseen[i]
         keep = scored_by(plan.queries, words, plan.forward)  # a cross-fitted adapter: only the words it never saw
+        if isinstance(card, InterventionCard):  # it acts on source-language input: the backward rows would be base's
+            keep = [j for j in keep if plan.queries[j].direction == plan.forward]
         base_rows = [behaviour_before["translation"][j] for j in keep]
         if isinstance(card, InterventionCard):  # on the bare base model (adapters of earlier runs off)
             iv = fitted.get(adapter) or read_intervention(adapter)[1]
