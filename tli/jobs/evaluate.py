@@ -1,4 +1,6 @@
 """The evaluation job behind `evaluate.py`: one base model, every adapter attached in turn, paired statistics.
+An inference-time map (`intervention=...`, fitted here, or a saved one) is a run like an adapter: applied to the bare
+base model through hooks instead of attached (tli.intervention).
 
 Four named steps: `plan(cfg)` checks everything before weights load (lexicons, adapters, queries, held-out text,
 layers) -> `measure(plan)` loads the base once, measures it, attaches each adapter in turn -> `write_outputs`
@@ -15,6 +17,7 @@ the first adapter is attached; each adapter is then attached to that same model 
       translation                 {split: {direction: accuracy before/after with CIs, change, McNemar b/c/p, flipped
                                   words}, "targeted": {direction: trained vs control}} (summarize_translation)
       lm_loss                     {language: NLL before/after, change, Wilcoxon p, "rise"} (compare_lm_loss)
+      intervention                a saved map's run (tli.intervention): kind, indices, alpha and every alpha tried
     aggregate                     several runs only: mean, std and n across runs of the embedding figures, and of
                                   "translation" (accuracies, change) and "lm_loss" (NLL, change, runs flagged)
     translation                   with eval.translation=true: the run's translation section (several runs: {"runs",
