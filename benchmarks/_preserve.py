@@ -7,6 +7,7 @@ tli.data.base_text, cached after the first run):
     align                 the contrastive loss alone (truncated forward, blocks 1..k)
     align+kl (live)       + preserve.kl with the base distribution from an adapters-disabled forward each step
     align+kl (cached)     + preserve.kl against the top-k base log-probabilities computed once
+    ... (32 positions)    the same with preserve.kl_positions=32: the LM head and KL on 32 of the step's positions
     align+kl+retain       + preserve.retain (mse above k) on the same text, live
     align+translation_lm  + loss.translation_lm on the batch's few-shot prompts
 
@@ -32,12 +33,14 @@ from tli.training.preserve import PreserveConfig
 from tli.training.text import PreservationText, TextSource
 from tli.training.translation_lm import translation_batch
 
-VARIANTS = {  # name -> (preserve.kl, preserve.retain, reference, loss.translation_lm)
-    "align": (0, 0, "live", 0),
-    "align+kl (live)": (1, 0, "live", 0),
-    "align+kl (cached)": (1, 0, "cached", 0),
-    "align+kl+retain": (1, 1, "live", 0),
-    "align+translation_lm": (0, 0, "live", 1),
+VARIANTS = {  # name -> (preserve.kl, preserve.retain, reference, loss.translation_lm, preserve.kl_positions)
+    "align": (0, 0, "live", 0, 0),
+    "align+kl (live)": (1, 0, "live", 0, 0),
+    "align+kl (cached)": (1, 0, "cached", 0, 0),
+    "align+kl (live, 32 positions)": (1, 0, "live", 0, 32),
+    "align+kl (cached, 32 positions)": (1, 0, "cached", 0, 32),
+    "align+kl+retain": (1, 1, "live", 0, 0),
+    "align+translation_lm": (0, 0, "live", 1, 0),
 }
 
 
@@ -85,8 +88,9 @@ def compare_preservation(args, spec, L, lora, optim, batch, pairs, tok, step, he
     optimizer, scheduler = built["optimizer"], built["lr_scheduler"]["scheduler"]
 
     def use(name: str) -> None:
-        kl, retain, reference, tlm = VARIANTS[name]
+        kl, retain, reference, tlm, positions = VARIANTS[name]
         module.preserve.kl, module.preserve.retain, module.preserve.reference = kl, retain, reference
+        module.preserve.kl_positions = positions
         module.align.translation_lm = tlm
 
     names = list(VARIANTS)

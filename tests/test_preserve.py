@@ -256,3 +256,16 @@ def test_a_kept_best_adapter_reports_its_own_validation(train_cfg, tmp_path):
     own = torch.load(metrics["best"]["path"], weights_only=True)["validation"]
     assert metrics["alignment"] == own[metrics["objective_name"]] and metrics["harm"] == own["val/harm"]
     assert metrics["admissible"] == (own["val/harm"] <= 0.02)
+
+
+def test_kl_positions_draws_that_many_scored_positions_per_step_the_same_on_every_call(tiny_nf4):
+    from tli.training.text import PreservationText
+
+    text = PreservationText.__new__(PreservationText)
+    text.train = tokenize_text(tiny_nf4[1], SENTENCES)
+    full = text.batch(5, 2, "cpu")
+    some = text.batch(5, 2, "cpu", positions=7)
+    assert int(some["scored"].sum()) == 7 and not (some["scored"] & ~full["scored"]).any()
+    assert torch.equal(some["scored"], text.batch(5, 2, "cpu", positions=7)["scored"])  # resumed runs agree
+    assert not torch.equal(some["scored"], text.batch(7, 2, "cpu", positions=7)["scored"])  # rows 0-1 again, new draw
+    assert torch.equal(full["rows"], torch.tensor([2, 3])) and int(full["scored"].sum()) > 7

@@ -177,8 +177,8 @@ class TLIModule(L.LightningModule):
     def preservation_terms(self, batch, weights: dict) -> dict[str, torch.Tensor]:
         """KL and retain on this step's preservation text (retain on the batch's target words if so set)."""
         out, p = {}, self.preserve
-        text = self.text.batch(self.global_step, p.text_batch_size, self.device) if self.text is not None \
-            and self.text.train is not None else None
+        text = self.text.batch(self.global_step, p.text_batch_size, self.device, p.kl_positions) \
+            if self.text is not None and self.text.train is not None else None
         on_text = weights["retain"] and p.retain_on == "text"
         if weights["kl"] or on_text:
             layers = self.retain_layers if on_text else []

@@ -6,7 +6,9 @@
   a cache computed once at the start of training (`reference: cached`): the base's top-k log-probabilities per token
   and the log of the rest's mass, so the term is the KL between the two distributions coarsened to those k + 1
   outcomes (a lower bound of the full KL; equal to it when the rest's mass is 0). A 262k vocabulary makes full
-  cached logits too large to keep.
+  cached logits too large to keep, and makes the LM head the KL's main cost: `kl_positions` > 0 evaluates the head
+  (and the KL) on that many of the step's token positions only, drawn anew each step (an unbiased estimate of the
+  mean over positions).
 - `preserve.retain`: the distance between the adapted and the base hidden states at the layers above k (Lens's
   "retain" term), on the same text (`retain_on: text`) or on the target-language words of the batch (`words`):
   `mse` = squared error relative to the base states' squared norm (scale-free: residual streams are large), or
@@ -40,6 +42,7 @@ class PreserveConfig:
     reference: str = "live"  # live: adapters disabled each step | cached: top-k base log-probs computed once
     top_k: int = 64  # with reference=cached
     text_batch_size: int = 4  # preservation sentences per training step (both languages, cycled in order)
+    kl_positions: int = 0  # > 0: the KL on that many of the step's token positions, drawn per step (0: all of them)
     n_text: int = 64  # base-model samples per language for training (tli.data.base_text)
     n_val_text: int = 16  # base-model samples per language for validation (val/nll/<lang>, the harm check)
     max_new_tokens: int = 32  # sampled tokens per sample (after a short opener)
@@ -61,7 +64,7 @@ class PreserveConfig:
         for key in ("top_k", "text_batch_size", "max_new_tokens"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ConfigError(f"preserve.{key}={getattr(self, key)!r} must be a positive integer")
-        for key in ("n_text", "n_val_text"):
+        for key in ("n_text", "n_val_text", "kl_positions"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
                 raise ConfigError(f"preserve.{key}={getattr(self, key)!r} must be an integer >= 0")
         if (self.kl or (self.retain and self.retain_on == "text")) and not (self.n_text or self.text_files):

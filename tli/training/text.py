@@ -55,11 +55,18 @@ class PreservationText:
         self.reference: tuple | None = None
         self.base_nll: dict[str, float] = {}
 
-    def batch(self, step: int, size: int, device) -> dict[str, torch.Tensor]:
-        """The training rows of optimizer step `step` (cycled in order)."""
+    def batch(self, step: int, size: int, device, positions: int = 0) -> dict[str, torch.Tensor]:
+        """The training rows of optimizer step `step` (cycled in order); with `positions` > 0, only that many of
+        their scored positions stay scored (drawn by a generator seeded with the step: the same in a resumed run)."""
         n = self.train["input_ids"].shape[0]
         rows = torch.tensor([(step * size + j) % n for j in range(min(size, n))])
-        out = {k: v[rows].to(device) for k, v in self.train.items()}
+        out = {k: v[rows] for k, v in self.train.items()}
+        where = out["scored"].nonzero()  # (n_scored, 2)
+        if 0 < positions < len(where):
+            keep = where[torch.randperm(len(where), generator=torch.Generator().manual_seed(step))[:positions]]
+            out["scored"] = torch.zeros_like(out["scored"])
+            out["scored"][keep[:, 0], keep[:, 1]] = True
+        out = {k: v.to(device) for k, v in out.items()}
         out["rows"] = rows
         return out
 
