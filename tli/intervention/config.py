@@ -26,7 +26,8 @@ class InterventionConfig:
     solver: str = "ridge"  # linear_map: ridge | procrustes (orthogonal, scipy.linalg.orthogonal_procrustes)
     ridge: float = 1.0  # ridge lambda on the L2-normalised word vectors; 0: least squares (INCLINE's lstsq)
     update: str = "add"  # linear_map: add (h + a W h, INCLINE) | towards (h + a (W h - h))
-    alphas: list[float] = field(default_factory=lambda: [-1.0, -0.5, -0.25, 0.25, 0.5, 1.0])  # 0 always added
+    alphas: list[float] = field(default_factory=lambda: [-1.0, -0.5, -0.25, -0.1, -0.05, 0.05, 0.1, 0.25, 0.5,
+                                                         1.0])  # both signs; 0 always added
     position: str = "query"  # query (the query word's tokens) | last (the prompt's last token, INCLINE)
     fit_on: str = "pairs"  # pairs | deranged (the matched null: targets deranged, tli.data.crossfit.derange)
     select_on: str = "gold_logprob"  # what chooses alpha on the validation pairs: gold_logprob | accuracy
