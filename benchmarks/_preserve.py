@@ -2,7 +2,7 @@
 
 One TLIModule at `--k` (built as train.py builds it, in `--quantization`), its own AdamW; the variants switch only the
 term weights on that module, on the same word batch and the same preservation text (the base model's own samples,
-tli.data.base_text, cached after the first run):
+tli.eval.base_text, cached after the first run):
 
     align                 the contrastive loss alone (truncated forward, blocks 1..k)
     align+kl (live)       + preserve.kl with the base distribution from an adapters-disabled forward each step

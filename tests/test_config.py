@@ -16,6 +16,7 @@ from tli.jobs.train import validate
 from tli.model.embed import Probe
 from tli.model.loading import ModelSpec
 from tli.training.losses import LOSSES, ContrastiveLoss, build_loss
+from tli.training.objective import AlignOptions
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
@@ -90,7 +91,9 @@ def test_a_loss_is_one_class_one_registry_entry():
     try:
         loss = build_loss({"name": "cosine", "scale": 2})
         assert isinstance(loss, Cosine) and loss.scale == 2 and not loss.gather and loss.logged() == {}
-        assert loss.settings == {"name": "cosine", "scale": 2}
+        # the options every loss shares (anchor, centring, weights) are recorded with the loss's own
+        assert loss.settings == {"name": "cosine", "scale": 2, **AlignOptions().settings()}
+        assert loss.options == AlignOptions()
         with pytest.raises(ConfigError, match="loss.scale=True must be a float"):
             build_loss({"name": "cosine", "scale": True})
     finally:

@@ -1,5 +1,5 @@
 """Behaviour-preserving terms, anchor, centring, schedules and the translation-LM baseline (tli.training.preserve,
-tli.training.objective, tli.training.translation_lm, tli.training.text, tli.data.base_text) on the tiny model."""
+tli.training.objective, tli.training.translation_lm, tli.training.text, tli.eval.base_text) on the tiny model."""
 
 import json
 
@@ -8,8 +8,8 @@ import torch
 from helpers import CrashAt, SimulatedCrash
 from safetensors.torch import load_file
 
-from tli.data.base_text import check_disjoint, preservation_text
 from tli.errors import ConfigError, DataError
+from tli.eval.base_text import check_disjoint, preservation_text
 from tli.jobs.train import train_job
 from tli.model.embed import Probe, collate, tokenize_words
 from tli.model.loading import ModelSpec

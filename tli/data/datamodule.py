@@ -19,7 +19,6 @@ from tli.data.lexicon import Lexicon, Pair
 from tli.data.sampling import ResumableLoader, UniqueBatchSampler
 from tli.errors import ConfigError, DataError
 from tli.model.embed import Encoded, collate, tokenize_words
-from tli.training.translation_lm import translation_batch
 
 log = logging.getLogger(__name__)
 MIN_VAL_PAIRS = 5  # fewer validation pairs give degenerate retrieval figures (1 pair: MRR 1.0, no baseline)
@@ -105,9 +104,11 @@ class PairDataModule(L.LightningDataModule):
     validation loader serves every training word once, for the centring statistics of the validation metrics."""
 
     def __init__(self, data: DataConfig, tokenizer, template: str = "{word}", seed: int = 0,
-                 centring_words: bool = False, translation_shots: int | None = None):
+                 centring_words: bool = False, translation=None):
         super().__init__()
-        self.translation_shots = translation_shots  # not None: training batches carry translation-LM sequences
+        # translation(pairs, tokenizer=, src_lang=, tgt_lang=) -> tensors: training batches then carry the
+        # translation-LM sequences of their (source, target) strings (tli.training.translation_lm.translation_batch)
+        self.translation = translation
         self.data_cfg, self.tokenizer, self.template, self.seed = data, tokenizer, template, seed
         self.batch_size, self.val_fraction, self.num_workers = data.batch_size, data.val_fraction, data.num_workers
         self.centring_words = centring_words
@@ -159,12 +160,11 @@ class PairDataModule(L.LightningDataModule):
         src_enc, tgt_enc = (tokenize_words(self.tokenizer, words, self.template) for words in (src_words, tgt_words))
         self.collator = PairCollator(src_enc, tgt_enc, self.tokenizer.pad_token_id)
         self.train_collator = self.collator
-        if self.translation_shots is not None:
-            d, tok, shots = self.data_cfg, self.tokenizer, self.translation_shots
+        if self.translation is not None:
+            d, tok = self.data_cfg, self.tokenizer
             self.train_collator = PairCollator(src_enc, tgt_enc, tok.pad_token_id, words=(src_words, tgt_words),
-                                               translation=partial(translation_batch, tokenizer=tok,
-                                                                   src_lang=d.src_lang, tgt_lang=d.tgt_lang,
-                                                                   shots=shots))
+                                               translation=partial(self.translation, tokenizer=tok,
+                                                                   src_lang=d.src_lang, tgt_lang=d.tgt_lang))
         self.word_collator = WordCollator(src_enc, tgt_enc, self.tokenizer.pad_token_id)
         self.train_set = PairDataset(train_pairs, src_index, tgt_index)
         self.val_set = PairDataset(val_pairs, src_index, tgt_index)

@@ -32,7 +32,7 @@ class InterventionConfig:
     fit_on: str = "pairs"  # pairs | deranged (the matched null: targets deranged, tli.data.crossfit.derange)
     select_on: str = "gold_logprob"  # what chooses alpha on the validation pairs: gold_logprob | accuracy
     val_text: int = 16  # base-model samples in the source language for the harm budget (objective.max_harm)
-    max_new_tokens: int = 32  # tokens per sample (tli.data.base_text; preserve.* defaults: the cache is shared)
+    max_new_tokens: int = 32  # tokens per sample (tli.eval.base_text; preserve.* defaults: the cache is shared)
     load: str | None = None  # a saved map directory (<eval dir>/intervention): evaluate it instead of fitting
     fit_only: bool = False  # fit, choose alpha and save the map; no before/after report (for sweeps)
 

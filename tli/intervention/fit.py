@@ -10,7 +10,7 @@ Alpha (`intervention.alphas`, 0 always included and both signs tried) is chosen 
 translation prompts (shots from the fitted pairs' true translations, never control pairs): `select_on=gold_logprob`
 (default) the mean gold log-probability of their translations (`tli.eval.graded.score_gold`), `accuracy` exact-match
 accuracy then the gold log-probability. An alpha qualifies only if the NLL of validation text, the base model's own
-samples in the source language (`tli.data.base_text`, never the evaluation's held-out sentences), with the
+samples in the source language (`tli.eval.base_text`, never the evaluation's held-out sentences), with the
 intervention on every source-language token, rose by at most `objective.max_harm` (relative) over alpha = 0. Ties go
 to the smaller |alpha|; alpha = 0 (the base model) always qualifies. Every alpha's row is kept on the card.
 """
@@ -150,11 +150,11 @@ def choose_alpha(speaker, tokenizer, intervention: Intervention, plan: FitPlan, 
 
 
 def harm_text(speaker, tokenizer, cfg, lexicons, spec) -> list[str]:
-    """Validation text in the source language (`tli.data.base_text`, shared with training runs of this seed), or []
+    """Validation text in the source language (`tli.eval.base_text`, shared with training runs of this seed), or []
     when there is no budget (`objective.max_harm=null` or `intervention.val_text=0`)."""
     if cfg.objective.max_harm is None or cfg.intervention.val_text == 0:
         return []
-    from tli.data.base_text import preservation_text
+    from tli.eval.base_text import preservation_text
     from tli.model.loading import weights_fingerprint
 
     lang = lexicons.train.src_lang

@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -31,6 +32,7 @@ from tli.training.losses import build_loss
 from tli.training.module import Harm, TLIModule
 from tli.training.resume import GracefulStop, RunSettings, check_resume_settings, resolve_ckpt_path
 from tli.training.text import TextSource
+from tli.training.translation_lm import translation_batch
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +255,8 @@ def _train(cfg, out: Path, loss, key: str, extra_callbacks, reported: set | None
     align = loss.options
     datamodule = PairDataModule(cfg.data, tokenizer, template=probe.template, seed=cfg.seed,
                                 centring_words=cfg.metrics.centre,
-                                translation_shots=align.translation_shots if align.translation_lm else None)
+                                translation=partial(translation_batch, shots=align.translation_shots)
+                                if align.translation_lm else None)
     lexicons = datamodule.prepare_lexicons(reported)  # bad files fail here, before the weights load
     d = cfg.data
     split = {"crossfit": d.crossfit, "fold": d.fold, "derange": d.derange, "val_fraction": d.val_fraction}

@@ -1,7 +1,7 @@
 """Behaviour-preserving terms, composable with any contrastive loss (`preserve.*`).
 
 - `preserve.kl`: KL(p_base || p_adapted) of the next-token distributions on ordinary text (the base model's own
-  samples in both languages, `tli.data.base_text`), averaged over the text's tokens. The base distribution comes
+  samples in both languages, `tli.eval.base_text`), averaged over the text's tokens. The base distribution comes
   from the same model with its adapters disabled (`reference: live`, one extra no-gradient forward per step) or from
   a cache computed once at the start of training (`reference: cached`): the base's top-k log-probabilities per token
   and the log of the rest's mass, so the term is the KL between the two distributions coarsened to those k + 1
@@ -43,7 +43,7 @@ class PreserveConfig:
     top_k: int = 64  # with reference=cached
     text_batch_size: int = 4  # preservation sentences per training step (both languages, cycled in order)
     kl_positions: int = 0  # > 0: the KL on that many of the step's token positions, drawn per step (0: all of them)
-    n_text: int = 64  # base-model samples per language for training (tli.data.base_text)
+    n_text: int = 64  # base-model samples per language for training (tli.eval.base_text)
     n_val_text: int = 16  # base-model samples per language for validation (val/nll/<lang>, the harm check)
     max_new_tokens: int = 32  # sampled tokens per sample (after a short opener)
     text_files: list[str] = field(default_factory=list)  # extra training text, one sentence per line

@@ -1,4 +1,4 @@
-"""The text a training run preserves behaviour on and validates harm with (`tli.data.base_text` samples).
+"""The text a training run preserves behaviour on and validates harm with (`tli.eval.base_text` samples).
 
 `TextSource` says where the text comes from (languages, seed, the model's fingerprint and cache, the user's files);
 `PreservationText` holds it tokenised once: training rows cycled by optimizer step (so a resumed run sees exactly the
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tli.data.base_text import preservation_text
+from tli.eval.base_text import preservation_text
 from tli.eval.lm_loss import lm_loss
 from tli.training.preserve import forward_text, topk_reference
 
