@@ -117,8 +117,8 @@ def compare_preservation(args, spec, L, lora, optim, batch, pairs, tok, step, he
     print(f"model: {spec.name_or_path} ({L} blocks), quantization {spec.quantization}; LoRA r {lora.r} on "
           f"{'/'.join(lora.target_modules)} of blocks 1..{k}; InfoNCE at index {k} (truncated); KL / retain on "
           f"{args.text_batch_size} base-model sentences per step ({tokens} tokens), retain at indices "
-          f"{k + 1}..{L} (mse), cached reference top-{preserve.top_k}; translation LM on {2 * len(pairs)} few-shot "
-          f"prompts ({module.align.translation_shots} shots)")
+          f"{module.retain_layers} (mse), cached reference top-{preserve.top_k}; translation LM on "
+          f"{2 * len(pairs)} few-shot prompts ({module.align.translation_shots} shots)")
     print(f"batch: {len(pairs)} {args.data} pairs; {args.warmup} warm-up + {args.repeat} timed steps per variant, "
           f"rotating; preservation text: {len(text.rows)} samples ({sampled:.0f} s to sample or read from the cache, "
           f"not timed), cached reference {cached_s:.1f} s once")
