@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from tli.errors import DataError
+from tli.errors import DataError, RunDirError
 from tli.eval.lm_loss import HELDOUT_FILES, bundled_heldout, read_sentences
 from tli.io import atomic_write_json
 from tli.model.modes import eval_mode
@@ -102,7 +102,7 @@ def _cached(model, tokenizer, lang: str, prompts: Sequence[str], n: int, *, seed
         try:
             atomic_write_json(file, {"language": lang, "seed": seed, "max_new_tokens": max_new_tokens, "top_p": TOP_P,
                                      "prompts": list(prompts), "samples": samples})
-        except OSError as err:  # a read-only cache still works: the samples are just not kept
+        except (OSError, RunDirError) as err:  # a read-only cache still works: the samples are just not kept
             log.warning("could not cache base-model text in %s (%s)", file, err)
     return samples
 
