@@ -123,14 +123,12 @@ def test_anchor_base_embeds_targets_with_the_base_model_and_gives_them_no_gradie
     src_vecs = module.layer_k(collate(tokenize_words(tok, src), tok.pad_token_id))
     with torch.no_grad(), module.backbone.disable_adapter():
         base_tgt = module.layer_k(collate(tokenize_words(tok, tgt), tok.pad_token_id))
-        adapted_tgt = module.layer_k(collate(tokenize_words(tok, tgt), tok.pad_token_id))
     assert not torch.allclose(base_tgt, module.layer_k(collate(tokenize_words(tok, tgt), tok.pad_token_id)))
     module.loss_fn(src_vecs, base_tgt, batch["src_ids"], batch["tgt_ids"]).backward()
     expected = lora_grads(module)
     assert anchored.keys() == expected.keys()
     for n in expected:
         torch.testing.assert_close(anchored[n], expected[n], msg=n)
-    del adapted_tgt
 
 
 def test_running_centre_matches_a_hand_computation():

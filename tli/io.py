@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +67,40 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def atomic_write_dir(out_dir: str | os.PathLike, write: Callable[[Path], None], what: str, hint: str = "") -> Path:
+    """Call `write(tmp_dir)` on a fresh directory beside `out_dir`, then rename it over `out_dir` (an earlier one is
+    replaced only once the new one is complete): a crash or a full disk leaves the previous directory intact and no
+    partial directory behind. `what` names the content in errors ("the adapter"); `hint` is added to them."""
+    out = Path(out_dir)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = share_like_files(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    except OSError as err:
+        raise RunDirError(f"could not write {what} to {out} ({err.strerror or err})") from err
+    try:
+        try:
+            write(Path(tmp))
+            share_like_files(tmp, tree=True)
+        except (OSError, RunDirError) as err:
+            raise RunDirError(f"could not write {what} to {out} ({getattr(err, 'strerror', None) or err}): is the "
+                              f"disk full? Nothing was half-written{hint}") from err
+        except Exception as err:  # safetensors reports a full disk as its own SafetensorError
+            if type(err).__name__ != "SafetensorError":
+                raise
+            raise RunDirError(f"could not write {what} to {out} ({err}): is the disk full? Nothing was "
+                              f"half-written{hint}") from err
+        old = out.with_name(f".{out.name}.old") if out.exists() else None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(out, old)
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

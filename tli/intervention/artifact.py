@@ -13,15 +13,12 @@ or inconsistent file is one line naming it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tli.errors import AdapterError, RunDirError
+from tli.errors import AdapterError
 from tli.intervention.maps import KINDS, Intervention
-from tli.io import share_like_files
+from tli.io import atomic_write_dir
 from tli.model.card import AdapterCard
 
 CARD_FILE = "intervention.json"
@@ -71,31 +68,12 @@ def save_intervention(intervention: Intervention, card: InterventionCard, out_di
     """Write map.safetensors and intervention.json into `out_dir` atomically (an earlier map there is replaced)."""
     from safetensors.torch import save_file
 
-    out = Path(out_dir)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = share_like_files(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    except OSError as err:
-        raise RunDirError(f"could not write the intervention to {out} ({err.strerror or err})") from err
-    try:
-        try:
-            save_file({f"layer.{i}": t.contiguous() for i, t in intervention.tensors.items()},
-                      str(Path(tmp) / MAP_FILE), metadata={"type": intervention.kind})
-            card.save(tmp)
-            share_like_files(tmp, tree=True)
-        except (OSError, RunDirError) as err:
-            raise RunDirError(f"could not write the intervention to {out} ({getattr(err, 'strerror', None) or err}):"
-                              " is the disk full? Nothing was half-written") from err
-        old = out.with_name(f".{out.name}.old") if out.exists() else None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(out, old)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    def write(tmp: Path) -> None:
+        save_file({f"layer.{i}": t.contiguous() for i, t in intervention.tensors.items()}, str(tmp / MAP_FILE),
+                  metadata={"type": intervention.kind})
+        card.save(tmp)
+
+    return atomic_write_dir(out_dir, write, "the intervention")
 
 
 def read_intervention(directory: str | Path) -> tuple[InterventionCard, Intervention]:

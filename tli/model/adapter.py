@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tli.errors import AdapterError, RunDirError
-from tli.io import share_like_files
+from tli.errors import AdapterError
+from tli.io import atomic_write_dir
 from tli.model.card import CARD_FILE, AdapterCard
 from tli.model.embed import Probe
 from tli.model.loading import ModelSpec, weights_fingerprint
@@ -32,36 +29,12 @@ log = logging.getLogger(__name__)
 def save_adapter(peft_model, out_dir: str | Path, card: AdapterCard) -> Path:
     """Write adapter weights + card into `out_dir` atomically: a crash or a full disk leaves the previous adapter
     intact and no partial directory behind."""
-    out = Path(out_dir)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = share_like_files(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    except OSError as err:
-        raise RunDirError(f"could not write the adapter to {out} ({err.strerror or err})") from err
-    try:
-        try:
-            peft_model.save_pretrained(tmp)
-            card.save(tmp)
-            share_like_files(tmp, tree=True)
-        except (OSError, RunDirError) as err:
-            raise RunDirError(f"could not write the adapter to {out} ({getattr(err, 'strerror', None) or err}): is "
-                              "the disk full? Nothing was half-written; the checkpoints hold the run") from err
-        except Exception as err:  # safetensors reports a full disk as its own SafetensorError
-            if type(err).__name__ != "SafetensorError":
-                raise
-            raise RunDirError(f"could not write the adapter to {out} ({err}): is the disk full? Nothing was "
-                              "half-written; the checkpoints hold the run") from err
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(out, old)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    def write(tmp: Path) -> None:
+        peft_model.save_pretrained(tmp)
+        card.save(tmp)
+
+    return atomic_write_dir(out_dir, write, "the adapter", "; the checkpoints hold the run")
 
 
 def read_sidecar(adapter_dir: str | Path) -> AdapterCard:
