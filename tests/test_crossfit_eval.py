@@ -3,6 +3,7 @@ adapter that held its fold out (never by one that saw it), with its fold and see
 adapter; the pooled section holds the stratified tests."""
 
 import csv
+import json
 
 import pytest
 from helpers import FAST_CPU, compose, job_overrides
@@ -10,6 +11,7 @@ from helpers import FAST_CPU, compose, job_overrides
 from tli.data.config import load_lexicons
 from tli.data.crossfit import fold_split
 from tli.errors import AdapterError, ConfigError
+from tli.eval.front import points_from_summary
 from tli.jobs.evaluate import evaluate_job
 from tli.jobs.train import train_job
 
@@ -141,3 +143,36 @@ def test_recipes_are_compared_on_the_same_queries(folds, tiny_dir, small_lexicon
     assert family == 3 * 4 and cell["holm_p"] >= cell["exact_p"]
     with pytest.raises(ConfigError, match="not both"):
         evaluate_job(eval_cfg(f"adapter={folds[0]}", f"+adapters.tli=[{folds[1]}]", out=tmp_path / "f"))
+
+
+@pytest.mark.slow
+def test_representations_on_unseen_words_are_the_held_out_folds_pairs_pooled(pooled, eval_cfg):
+    """Each adapter's "unseen" split is its held-out fold's training pairs; a pair's cosines there equal its cosines in
+    the training split (the same vectors and centring; only the retrieval pools differ); the pooled test runs over
+    every training pair once, in (fold, seed) strata, and the study figure reads it."""
+    summary, tmp_path = pooled
+    train = load_lexicons(eval_cfg().data).train
+    for i in range(K):
+        _, held = fold_split(train, K, i, 0)
+        for variant in ("raw", "centred"):
+            assert summary["runs"][f"run{i}"]["unseen"][32][variant]["paired"]["pool_mrr"]["n"] == len(held)
+        assert any(line.startswith("unseen (held-out fold) pairs, index 32, centred vectors")
+                   for line in summary["runs"][f"run{i}"]["reading"][32])
+        assert any(t["claim"].startswith("unseen, index 32") for t in summary["runs"][f"run{i}"]["claims"]["tests"])
+    rows = list(csv.DictReader((tmp_path / "eval" / "pairs.csv").open(encoding="utf-8")))
+    unseen = [r for r in rows if r["split"] == "unseen"]
+    assert sorted((r["source"], r["target"]) for r in unseen) == sorted((p.source, p.target) for p in train.pairs)
+    same = {(r["run"], r["source"], r["target"]): r for r in rows if r["split"] == "train"}
+    for r in unseen:
+        t = same[(r["run"], r["source"], r["target"])]
+        for column in ("cos_before", "cos_after", "centred_cos_before", "centred_cos_after"):
+            assert float(r[column]) == pytest.approx(float(t[column]), abs=1e-6)
+    cell = summary["unseen_alignment"]["crossfit"][32]["centred"]["pool_mrr"]
+    assert cell["n"] == len(train.pairs) and set(cell["strata"]) == {f"fold {f} seed 0" for f in range(K)}
+    assert cell["mean_before"] == pytest.approx(sum(float(r["centred_pool_mrr_before"]) for r in unseen) / len(unseen))
+    assert cell["mean_after"] == pytest.approx(sum(float(r["centred_pool_mrr_after"]) for r in unseen) / len(unseen))
+    assert "## Representations on unseen words (cross-fitted)" in (tmp_path / "eval" / "report.md").read_text()
+    point = points_from_summary(json.loads((tmp_path / "eval" / "summary.json").read_text()), layer=32)[0]
+    gains = [summary["runs"][f"run{i}"]["unseen"][32]["centred"]["after"]["pool_p_at_1"]
+             - summary["runs"][f"run{i}"]["unseen"][32]["centred"]["before"]["pool_p_at_1"] for i in range(K)]
+    assert point.alignment_split == "unseen" and point.alignment == pytest.approx(sum(gains) / K)

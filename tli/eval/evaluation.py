@@ -29,6 +29,8 @@ from tli.eval.vectors import SplitVectors, layer_cells
 from tli.model.loading import QUANTIZATIONS
 
 VARIANTS = ("raw", "centred")
+SPLITS = ("train", "control", "unseen")  # "unseen": a cross-fitted adapter's held-out fold (tli.eval.unseen)
+UNSEEN = {"control": "unseen (control) pairs", "unseen": "unseen (held-out fold) pairs"}  # the verdict's splits
 
 
 @dataclass
@@ -70,10 +72,14 @@ class EvalConfig:
                               f"{', '.join(QUANTIZATIONS)}")
 
 
-def layer_scores(vectors: dict[str, SplitVectors], layers: list[int], options: MetricsConfig) -> dict:
-    """variant -> split -> layer -> {"metrics": alignment(...), "pairs": pair_scores(...)} for one model state."""
+def layer_scores(vectors: dict[str, SplitVectors], layers: list[int], options: MetricsConfig,
+                 only: set[str] | None = None) -> dict:
+    """variant -> split -> layer -> {"metrics": alignment(...), "pairs": pair_scores(...)} for one model state (the
+    splits in `only`, or all; centring is always fitted on the "train" split)."""
     out: dict = {}
     for variant, split, _, layer, src, tgt in layer_cells(vectors, options.centre, layers):
+        if only is not None and split not in only:
+            continue
         gold = vectors[split].gold
         out.setdefault(variant, {}).setdefault(split, {})[layer] = {
             "metrics": alignment(src, tgt, gold, options), "pairs": pair_scores(src, tgt, gold, options)}
@@ -122,7 +128,7 @@ def reading(run: dict, layer: int) -> list[str]:
     """Plain-language lines for one layer: global shift, baseline-corrected change, and the verdict against the
     centred base model (the honest null) on control pairs."""
     lines = []
-    for split in ("train", "control"):
+    for split in SPLITS:
         if split not in run:
             continue
         raw = run[split][layer]["raw"]
@@ -140,14 +146,16 @@ def reading(run: dict, layer: int) -> list[str]:
         if cos.get("n_nonfinite"):
             text += f" ({cos['n_nonfinite']} pairs with non-finite scores dropped)"
         lines.append(text)
-    if "control" in run:
-        variant = verdict_variant(run, layer)
-        rr = run["control"][layer][variant]["paired"]["pool_mrr"]
-        p1 = run["control"][layer][variant]
+    for split, label in UNSEEN.items():
+        if split not in run:
+            continue
+        variant = verdict_variant(run, layer, split)
+        rr = run[split][layer][variant]["paired"]["pool_mrr"]
+        p1 = run[split][layer][variant]
         lines.append(
-            f"unseen (control) pairs, index {layer}, {variant} vectors: pool-matched MRR {_v(rr['mean_before'])} -> "
+            f"{label}, index {layer}, {variant} vectors: pool-matched MRR {_v(rr['mean_before'])} -> "
             f"{_v(rr['mean_after'])} ({fmt_p(rr['wilcoxon_p'])}); pool P@1 {_v(p1['before']['pool_p_at_1'])} -> "
-            f"{_v(p1['after']['pool_p_at_1'])}: " + verdict(rr, variant))
+            f"{_v(p1['after']['pool_p_at_1'])}: " + verdict(rr, variant, split))
     for variant, scores in run.get("targeted", {}).get(layer, {}).items():
         lines.append(f"trained vs control ({variant}, margin): {scores['margin']['reading']}")
     return lines
@@ -157,14 +165,15 @@ def _v(x, spec: str = ".4f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
-def verdict(rr: dict, variant: str) -> str:
-    """The claim on control pairs, judged on the Holm-adjusted Wilcoxon p (`holm_p`, set by `adjust_claims`; the
-    raw p where absent) and refused below `MIN_PAIRS_FOR_CLAIMS` pairs."""
+def verdict(rr: dict, variant: str, split: str = "control") -> str:
+    """The claim on unseen pairs (control, or a cross-fitted adapter's held-out fold), judged on the Holm-adjusted
+    Wilcoxon p (`holm_p`, set by `adjust_claims`; the raw p where absent) and refused below `MIN_PAIRS_FOR_CLAIMS`
+    pairs."""
     null = "the centred base model" if variant == "centred" else "the base model"
     p = rr.get("holm_p", rr["wilcoxon_p"])
     if rr["n"] < MIN_PAIRS_FOR_CLAIMS:
-        return (f"too few control pairs (n = {rr['n']}, fewer than {MIN_PAIRS_FOR_CLAIMS}) to support a claim "
-                f"about {null}")
+        return (f"too few {'control' if split == 'control' else 'held-out fold'} pairs (n = {rr['n']}, fewer than "
+                f"{MIN_PAIRS_FOR_CLAIMS}) to support a claim about {null}")
     if rr["delta"] is None or p is None:
         return "untestable"
     if "holm_p" in rr:
@@ -179,7 +188,7 @@ def verdict(rr: dict, variant: str) -> str:
 def aggregate(runs: list[dict], layers: list[int]) -> dict:
     """Across runs (seeds): split -> layer -> variant -> {metric_after / delta: mean, std, n}; and targeted dids."""
     out: dict = {}
-    for split in ("train", "control"):
+    for split in SPLITS:
         if not all(split in r for r in runs):
             continue
         for layer in layers:
@@ -209,10 +218,11 @@ def aggregate_all(runs: list[dict], layers: list[int]) -> dict:
     return out
 
 
-def pair_rows(run: str, splits: dict, before: dict, after: dict, layers: list[int]) -> list[dict]:
-    """eval/pairs.csv: one row per run, split, pair and layer, with each per-pair score before and after."""
+def pair_rows(run: str, pairs: dict[str, list], before: dict, after: dict, layers: list[int]) -> list[dict]:
+    """eval/pairs.csv: one row per run, split, pair and layer, with each per-pair score before and after (`pairs`:
+    split -> its pairs, in the order they were scored)."""
     rows = []
-    for split, lex in splits.items():
+    for split, split_pairs in pairs.items():
         for layer in layers:
             cols = {}
             for variant in before:
@@ -221,7 +231,7 @@ def pair_rows(run: str, splits: dict, before: dict, after: dict, layers: list[in
                     short = "cos" if score == "cosine" else score
                     cols[f"{prefix}{short}_before"] = values.tolist()
                     cols[f"{prefix}{short}_after"] = after[variant][split][layer]["pairs"][score].tolist()
-            for p, pair in enumerate(lex.pairs):
+            for p, pair in enumerate(split_pairs):
                 rows.append({"run": run, "split": split, "source": pair.source, "target": pair.target,
                              "layer": layer, **{k: v[p] for k, v in cols.items()}})
     return rows

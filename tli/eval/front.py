@@ -1,8 +1,9 @@
 """The study figure: what each recipe buys in alignment and what it costs in behaviour, one point per recipe.
 
 x: held-out NLL harm, the relative rise of the negative log-likelihood of held-out text over the base model, the
-larger of the two languages (per run; in %); y: alignment gain on unseen words, the change of centred pool P@1 on the
-control pairs (which no run ever saw; in points) at the reported output index; colour: the change of few-shot
+larger of the two languages (per run; in %); y: alignment gain on unseen words, the change of centred pool P@1 (in
+points) at the reported index on the words the run never saw: a cross-fitted adapter's held-out fold (its "unseen"
+split, `tli.eval.unseen`), else the control pairs; colour: the change of few-shot
 translation accuracy (points) on the words the adapters never saw (the "unseen" split of cross-fitted recipes, the
 control split otherwise), both directions pooled; error bars: 95% t-intervals of the mean over the recipe's runs
 (none for a one-run recipe: summary.json keeps no per-sentence NLLs or per-pool hits to resample); a dashed line at
@@ -40,7 +41,7 @@ class RecipePoint:
     """One recipe: the means over its runs, each with its 95% CI (None with a single run)."""
 
     name: str
-    alignment: float | None  # centred pool P@1 change on the control pairs (after - before; 0.1 = +10 points)
+    alignment: float | None  # centred pool P@1 change on unseen words (after - before; 0.1 = +10 points)
     alignment_low: float | None
     alignment_high: float | None
     harm: float | None  # relative held-out NLL rise, the larger of the two languages (0.013 = +1.3%)
@@ -51,6 +52,7 @@ class RecipePoint:
     n_runs: int = 1
     layer: int | None = None
     source: str = ""  # the evaluation directory
+    alignment_split: str | None = None  # where the alignment was measured: "unseen" (held-out folds) or "control"
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float | None, float | None, float | None]:
@@ -73,12 +75,12 @@ def _layer_cell(run: dict, split: str, layer: int):
     return cells.get(str(layer), cells.get(layer))
 
 
-def run_alignment(run: dict, layer: int) -> float | None:
-    """Centred pool P@1 after - before on the control pairs at `layer` (None without control pairs or centring)."""
-    cell = (_layer_cell(run, "control", layer) or {}).get("centred")
-    if not cell:
-        return None
-    return cell["after"]["pool_p_at_1"] - cell["before"]["pool_p_at_1"]
+def run_alignment(run: dict, layer: int) -> tuple[str, float | None]:
+    """(split, centred pool P@1 after - before at `layer`) on the words the run never saw: its held-out fold
+    ("unseen") when cross-fitted, else the control pairs (None without them or without centring)."""
+    split = "unseen" if run.get("unseen") else "control"
+    cell = (_layer_cell(run, split, layer) or {}).get("centred")
+    return split, cell["after"]["pool_p_at_1"] - cell["before"]["pool_p_at_1"] if cell else None
 
 
 def run_harm(run: dict) -> float | None:
@@ -103,13 +105,15 @@ def translation_counts(run: dict) -> tuple[str, float, int] | None:
 def recipe_point(name: str, runs: Sequence[dict], layer: int, source: str = "") -> RecipePoint:
     """The point of one recipe from its runs' summary entries. The translation change pools every run's rows (a
     cross-fitted recipe's runs score different words: together, every word once per seed)."""
-    a, a_low, a_high = mean_ci([run_alignment(r, layer) for r in runs])
+    aligned = [run_alignment(r, layer) for r in runs]
+    a, a_low, a_high = mean_ci([value for _, value in aligned])
     h, h_low, h_high = mean_ci([run_harm(r) for r in runs])
     counts = [c for c in (translation_counts(r) for r in runs) if c is not None]
     n = sum(c[2] for c in counts)
     translation = 100 * sum(c[1] for c in counts) / n if n else None
     return RecipePoint(name, a, a_low, a_high, h, h_low, h_high, translation,
-                       "/".join(sorted({c[0] for c in counts})) or None, len(runs), layer, source)
+                       "/".join(sorted({c[0] for c in counts})) or None, len(runs), layer, source,
+                       "/".join(sorted({split for split, value in aligned if value is not None})) or None)
 
 
 def points_from_summary(summary: dict, source: str = "", layer: int | None = None,
@@ -127,8 +131,9 @@ def points_from_summary(summary: dict, source: str = "", layer: int | None = Non
     points = [recipe_point(r, [runs[n] for n in names], layer, source) for r, names in recipes.items()]
     for p in points:
         if p.alignment is None:
-            raise SummaryError(f"{source or 'summary.json'}: recipe {p.name!r} has no centred control-pair figures at "
-                               f"index {layer} (evaluate with control pairs and metrics.centre)")
+            raise SummaryError(f"{source or 'summary.json'}: recipe {p.name!r} has no centred figures on unseen words "
+                               f"at index {layer} (evaluate cross-fitted adapters or control pairs, with "
+                               "metrics.centre)")
     return points
 
 
@@ -191,7 +196,9 @@ def plot_front(points: Sequence[RecipePoint], path: str | Path, budget: float | 
     ax.set_xlabel(label)
     layers = sorted({p.layer for p in shown if p.layer is not None})
     where = f" at index {', '.join(map(str, layers))}" if layers else ""
-    ax.set_ylabel(f"alignment gain on unseen words:\ncentred pool P@1 change{where} (points)")
+    splits = {"unseen": "held-out folds", "control": "control pairs"}
+    on = " and ".join(splits[x] for x in sorted({x for p in shown for x in (p.alignment_split or "").split("/") if x}))
+    ax.set_ylabel(f"alignment gain on unseen words ({on or 'n/a'}):\ncentred pool P@1 change{where} (points)")
     ax.grid(alpha=0.3)
     ax.set_title(title or "what each recipe buys (alignment) and costs (harm); bars: 95% CI over runs", fontsize=10)
     return save_figure(fig, path)
@@ -207,7 +214,8 @@ def _ci(mid, low, high, scale: float = 100, unit: str = "") -> str:
 def table_rows(points: Sequence[RecipePoint]) -> list[dict]:
     """The console table: one row per recipe, figures in points and percent."""
     return [{"recipe": p.name, "runs": p.n_runs, "alignment gain (P@1 points)": _ci(p.alignment, p.alignment_low,
-                                                                                      p.alignment_high),
+                                                                                      p.alignment_high)
+             + (f" ({p.alignment_split})" if p.alignment_split else ""),
              "harm (NLL %)": _ci(p.harm, p.harm_low, p.harm_high, unit="%"),
              "translation (points)": _ci(p.translation, None, None, scale=1)
              + (f" ({p.translation_split})" if p.translation_split else ""), "evaluation": p.source}

@@ -16,6 +16,7 @@ from tli.eval.sections import (
     lm_loss_section,
     translation_aggregate_section,
     translation_section,
+    unseen_alignment_section,
 )
 from tli.io import atomic_write_text
 
@@ -47,6 +48,8 @@ def render(summary: dict) -> str:
     table = behaviour_table(summary)  # the behaviour first; the representation figures follow
     if table:
         lines += [table]
+    if summary.get("unseen_alignment"):
+        lines += [unseen_alignment_section(summary["unseen_alignment"])]
     risen = [f"{lang} ({name})" for name, run in summary["runs"].items()
              for lang, c in run.get("lm_loss", {}).items() if c["rise"]]
     if risen:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tli.eval.evaluation import SPLITS
 from tli.eval.metrics import PAIR_SCORES
 from tli.eval.power import mde_mcnemar
 from tli.eval.tables import fmt_number as _f
@@ -17,7 +18,7 @@ from tli.eval.translation_stats import AGGREGATED as TRANSLATION_AGGREGATED
 
 def _cells(run: dict):
     """(split, layer, variant, statistics) for every split, reported layer and vector variant of one run."""
-    for split in ("train", "control"):
+    for split in SPLITS:
         for layer, per_variant in run.get(split, {}).items():
             for variant, stats in per_variant.items():
                 yield split, layer, variant, stats
@@ -247,3 +248,18 @@ def intervention_section(info: dict) -> str:
 
 def _opt(x, spec: str = ".4f") -> str:
     return "n/a" if x is None else format(x, spec)
+
+
+def unseen_alignment_section(pooled: Mapping[str, Any]) -> str:
+    """The cross-fitted representation pool (`tli.eval.unseen.pooled_alignment`): per pool, layer, vectors and
+    per-pair score, the pooled paired test over every adapter's held-out fold, with the folds' sign agreement."""
+    rows = [[pool, layer, variant, score, r["n"], f"{_f(r['mean_before'])} -> {_f(r['mean_after'])}", _f(r["delta"]),
+             _ci(r["delta_ci_low"], r["delta_ci_high"]), fmt_p(r["wilcoxon_p"]),
+             f"{r['n_positive']} up, {r['n_negative']} down", _f(r["mde"])]
+            for pool, by_layer in pooled.items() for layer, by_variant in by_layer.items()
+            for variant, by_score in by_variant.items() for score, r in by_score.items()]
+    return ("## Representations on unseen words (cross-fitted)\n\nEvery training pair scored once per seed by the "
+            "adapter that never saw it (its held-out fold), before -> after, pooled over (fold, seed) strata; the "
+            "verdict's score is the centred `pool_mrr`.\n\n"
+            + markdown_table(rows, ["pool", "layer", "vectors", "score", "pairs", "before -> after", "delta",
+                                    "95% CI", "p (Wilcoxon)", "strata", "MDE"]) + "\n")

@@ -13,11 +13,14 @@ the first adapter is attached; each adapter is then attached to that same model 
                                   generation_batch_size, directions, words per split and direction (null when
                                   eval.translation=false); "lm_loss": {language: file, sha256, sentences} (or null)
     runs.<run>                    one adapter ("run", or "run0", "run1", ... for several):
-      train | control | targeted  embedding statistics per layer (tli.eval.evaluation.evaluate_run)
+      train | control | targeted  embedding statistics per layer (tli.eval.evaluation.evaluate_run); a cross-fitted
+      | unseen                    adapter also has "unseen", its held-out fold's pairs (tli.eval.unseen)
       translation                 {split: {direction: accuracy before/after with CIs, change, McNemar b/c/p, flipped
                                   words}, "targeted": {direction: trained vs control}} (summarize_translation)
       lm_loss                     {language: NLL before/after, change, Wilcoxon p, "rise"} (compare_lm_loss)
       intervention                a saved map's run (tli.intervention): kind, indices, alpha and every alpha tried
+    unseen_alignment              cross-fitted adapters: {recipe or "crossfit": {layer: {variant: {score: pooled
+                                  stratified paired test}}}} over every adapter's held-out fold (tli.eval.unseen)
     aggregate                     several runs only: mean, std and n across runs of the embedding figures, and of
                                   "translation" (accuracies, change) and "lm_loss" (NLL, change, runs flagged)
     translation                   with eval.translation=true: the run's translation section (several runs: {"runs",
@@ -56,6 +59,7 @@ from tli.eval.recipes import behaviour_summary
 from tli.eval.report import write_report
 from tli.eval.tables import print_table, write_csv
 from tli.eval.translation import CSV_COLUMNS, Query, direction_label
+from tli.eval.unseen import fold_pairs, pooled_alignment, with_unseen
 from tli.eval.vectors import embed_split
 from tli.intervention.artifact import InterventionCard, read_intervention
 from tli.intervention.fit import FitPlan
@@ -182,6 +186,7 @@ def measure(plan: EvalPlan) -> Measured:
         plan.adapters.cards[0] = card
     for i, (name, adapter) in enumerate(zip(plan.names, plan.adapters.paths, strict=True)):
         card, words = plan.adapters.cards[i], plan.unseen[i]
+        held = fold_pairs(splits["train"].pairs, words)  # a cross-fitted adapter's held-out fold: its "unseen" split
         keep = scored_by(plan.queries, words, plan.forward)  # a cross-fitted adapter: only the words it never saw
         if isinstance(card, InterventionCard):  # it acts on source-language input: the backward rows would be base's
             keep = [j for j in keep if plan.queries[j].direction == plan.forward]
@@ -199,12 +204,17 @@ def measure(plan: EvalPlan) -> Measured:
             speaker = model if shared else attach(speaker, adapter, name)
             after = {s: embed_split(model, tokenizer, lex, probe, None, bs) for s, lex in splits.items()}
             after_i = behaviour(speaker, tokenizer, [plan.queries[j] for j in keep], plan.heldout, cfg.eval)
-        after_scores = layer_scores(after, layers, cfg.metrics)
-        run = {"adapter": adapter, **evaluate_run(before_scores, after_scores, layers, cfg.eval.n_boot, cfg.seed)}
+        after_scores, run_before = layer_scores(after, layers, cfg.metrics), before_scores
+        if held:
+            run_before = with_unseen(before_scores, before, held, layers, cfg.metrics)
+            after_scores = with_unseen(after_scores, after, held, layers, cfg.metrics)
+        run = {"adapter": adapter, **evaluate_run(run_before, after_scores, layers, cfg.eval.n_boot, cfg.seed)}
         if isinstance(card, InterventionCard):
             run["intervention"] = card.intervention
         fold_seed = {"fold": card.split.get("fold") if words else None, "seed": card.seed}
-        found.pair_rows += [{**r, **fold_seed} for r in pair_rows(name, splits, before_scores, after_scores, layers)]
+        pairs = {**{s: lex.pairs for s, lex in splits.items()},
+                 **({"unseen": [splits["train"].pairs[j] for j in held]} if held else {})}
+        found.pair_rows += [{**r, **fold_seed} for r in pair_rows(name, pairs, run_before, after_scores, layers)]
         mark = partial(mark_rows, **fold_seed, unseen=bool(words))
         before_i = {"translation": mark(base_rows), "lm_loss": behaviour_before["lm_loss"]}
         after_i["translation"] = mark(after_i["translation"])
@@ -235,6 +245,8 @@ def write_outputs(plan: EvalPlan, found: Measured) -> dict:
     }
     summary.update(behaviour_summary(found.translation_rows, bool(cfg.adapters), any(plan.unseen), cfg.eval.n_boot,
                                      cfg.seed))
+    if any(plan.unseen):  # representations on the words each adapter never saw, pooled over folds and seeds
+        summary["unseen_alignment"] = pooled_alignment(found.pair_rows, bool(cfg.adapters), cfg.eval.n_boot, cfg.seed)
     nn_rows = (summary.get("nulls") or {}).get("nn_shots")
     if plan.queries:  # the design contract's top-level section: the run's, or the runs' and their aggregate
         summary["translation"] = next(iter(runs.values()))["translation"] if len(runs) == 1 else {
