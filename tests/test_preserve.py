@@ -196,6 +196,7 @@ def test_base_text_is_cached_keeps_the_rng_and_never_uses_the_heldout_sentences(
     ("loss.weight=0", r"loss.weight=0 and loss.translation_lm=0: nothing to train"),
     ("objective.score_text=false", r"objective.max_harm needs objective.score_text=true"),
     ("preserve.retain_layers=[40]", r"preserve.retain_layers=\[40\] must be .* within 0..32"),
+    ("preserve.val_text=all", r"preserve.val_text='all' is not one of samples, written, both"),
 ])
 def test_bad_preservation_settings_fail_before_weights_load(train_cfg, monkeypatch, override, message):
     import tli.training.module
@@ -267,3 +268,36 @@ def test_kl_positions_draws_that_many_scored_positions_per_step_the_same_on_ever
     assert torch.equal(some["scored"], text.batch(5, 2, "cpu", positions=7)["scored"])  # resumed runs agree
     assert not torch.equal(some["scored"], text.batch(7, 2, "cpu", positions=7)["scored"])  # rows 0-1 again, new draw
     assert torch.equal(full["rows"], torch.tensor([2, 3])) and int(full["scored"].sum()) > 7
+
+
+def test_written_validation_text_is_what_validation_scores(train_cfg, tiny_nf4):
+    """preserve.val_text=written: val/nll_change/<lang> is measured against the base model's NLL on the bundled
+    written sentences, computed independently here."""
+    from tli.eval.lm_loss import bundled_heldout, lm_loss, read_sentences
+
+    result = train_job(train_cfg("preserve.val_text=written"))
+    model, tok = tiny_nf4
+    for lang, code in (("Swahili", "sw"), ("English", "en")):
+        sentences = read_sentences(bundled_heldout(code, "validation"))
+        assert not set(sentences) & set(read_sentences(bundled_heldout(code)))  # never the held-out sentences
+        expected = lm_loss(model, tok, sentences)["nll"]
+        nll, change = (result["metrics"][f"val/{key}/{lang}"] for key in ("nll", "nll_change"))
+        assert nll / (1 + change) == pytest.approx(expected, rel=1e-5)  # the base model's NLL the change is against
+
+
+def test_bad_written_validation_files_fail_before_weights_load(train_cfg, monkeypatch, tmp_path):
+    import tli.training.module
+    from tli.eval.lm_loss import heldout_sentences
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("model weights were loaded before the validation text was checked")
+
+    monkeypatch.setattr(tli.training.module, "load_model", no_weights)
+    with pytest.raises(DataError, match=r"preserve.val_src='.*missing.txt': no such file"):
+        train_job(train_cfg("preserve.val_text=both", f"preserve.val_src={tmp_path / 'missing.txt'}"))
+    leaky = tmp_path / "leaky.txt"
+    leaky.write_text(f"Habari za asubuhi.\n{heldout_sentences('sw')[2]}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"preserve.val_src: .*leaky.txt shares 1 sentence"):
+        train_job(train_cfg("preserve.val_text=written", f"preserve.val_src={leaky}"))
+    with pytest.raises(DataError, match=r"no bundled validation sentences for language 'Zulu'.*preserve.val_src=FILE"):
+        train_job(train_cfg("preserve.val_text=written", "data.src_lang=Zulu"))

@@ -86,6 +86,21 @@ def check_disjoint(text: Sequence[str], where: str) -> None:
                             "never be the text the evaluation scores")
 
 
+def written_validation(lang: str, path: str | None, key: str) -> list[str]:
+    """Written validation sentences of a language for the harm budget: the UTF-8 file `path` (one sentence per line;
+    `key` is the config key that named it) or the bundled sample (`tli/lexicons/validation`); never a sentence of
+    the evaluation's held-out text."""
+    file = Path(path).expanduser() if path else bundled_heldout(lang, "validation")
+    if file is None:
+        raise DataError(f"no bundled validation sentences for language {lang!r} (bundled: English, Korean, Swahili): "
+                        f"set {key}=FILE (UTF-8, one sentence per line), or preserve.val_text=samples")
+    if not file.is_file():
+        raise DataError(f"{key}={str(path)!r}: no such file (UTF-8 text, one sentence per line)")
+    sentences = read_sentences(file)
+    check_disjoint(sentences, f"{key}: {file}" if path else f"validation text {file}")
+    return sentences
+
+
 def _cached(model, tokenizer, lang: str, prompts: Sequence[str], n: int, *, seed: int, max_new_tokens: int,
             fingerprint: str | None, cache_dir: str | Path | None) -> list[str]:
     key = hashlib.sha256(json.dumps([list(prompts), n, seed, max_new_tokens, TOP_P]).encode()).hexdigest()
@@ -110,9 +125,10 @@ def _cached(model, tokenizer, lang: str, prompts: Sequence[str], n: int, *, seed
 def preservation_text(model, tokenizer, langs: Sequence[str], *, seed: int, n_train: int, n_val: int,
                       max_new_tokens: int = 48, fingerprint: str | None = None, cache_dir: str | Path | None = None,
                       files: Sequence[str | Path] = (), fallback: dict[str, Sequence[str]] | None = None,
-                      ) -> dict[str, TextSplit]:
+                      written: dict[str, list[str]] | None = None) -> dict[str, TextSplit]:
     """{language: TextSplit} of the base model's own samples (`model` must be the base: disable adapters first).
-    `fallback`: openers per language without bundled ones (e.g. its lexicon words)."""
+    `fallback`: openers per language without bundled ones (e.g. its lexicon words); `written`: validation sentences
+    per language added after the validation samples (`written_validation`)."""
     extra = [s for f in files for s in read_sentences(f)]
     for f in files:
         check_disjoint(read_sentences(f), f"preserve.text_files: {f}")
@@ -122,7 +138,7 @@ def preservation_text(model, tokenizer, langs: Sequence[str], *, seed: int, n_tr
         common = dict(max_new_tokens=max_new_tokens, fingerprint=fingerprint, cache_dir=cache_dir)
         train = _cached(model, tokenizer, lang, prompts, n_train, seed=seed, **common) if n_train else []
         val = _cached(model, tokenizer, lang, prompts, n_val, seed=seed + VAL_SEED_OFFSET, **common) if n_val else []
-        val = [s for s in val if s not in set(train)]
+        val = [s for s in val if s not in set(train)] + list((written or {}).get(lang, []))
         check_disjoint(train + val, f"base-model samples in {lang}")
         out[lang] = TextSplit(train + extra, val)
     return out

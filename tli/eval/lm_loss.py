@@ -44,10 +44,11 @@ def read_sentences(path: str | Path) -> list[str]:
     return sentences
 
 
-def bundled_heldout(lang: str) -> Path | None:
-    """The bundled held-out file of a language (name such as "Korean" or ISO code "ko"), or None."""
+def bundled_heldout(lang: str, kind: str = "heldout") -> Path | None:
+    """The bundled held-out file of a language (name such as "Korean" or ISO code "ko"), or None; `kind`
+    "validation": its written validation sentences (`tli/lexicons/validation`, never the held-out ones) instead."""
     code = HELDOUT_FILES.get(lang.strip().casefold())
-    return None if code is None else Path(str(resources.files("tli") / "lexicons" / "heldout" / f"{code}.txt"))
+    return None if code is None else Path(str(resources.files("tli") / "lexicons" / kind / f"{code}.txt"))
 
 
 def heldout_file(lang: str, path: str | Path | None = None, *, lang_name: str | None = None,

@@ -104,7 +104,7 @@ class TLIModule(L.LightningModule):
         """The base model's own text (sampled with the adapters disabled; cached per model, language and seed), and
         the cached top-k reference; the same in a resumed run."""
         needs_train = self.preserve.kl > 0 or (self.preserve.retain > 0 and self.preserve.retain_on == "text")
-        if self.text is None and self.harm.text is not None and (needs_train or self.harm.text.n_val):
+        if self.text is None and self.harm.text is not None and (needs_train or self.harm.text.validates):
             with self.backbone.disable_adapter():
                 self.text = PreservationText(self.backbone, self.harm.tokenizer, self.harm.text,
                                              need_train=needs_train)

@@ -28,6 +28,7 @@ from tli.errors import ConfigError
 from tli.model.embed import decoder_of
 
 REFERENCES, RETAIN_METRICS, RETAIN_ON = ("live", "cached"), ("mse", "cosine"), ("text", "words")
+VAL_TEXT = ("samples", "written", "both")
 
 
 @dataclass
@@ -47,13 +48,19 @@ class PreserveConfig:
     n_val_text: int = 16  # base-model samples per language for validation (val/nll/<lang>, the harm check)
     max_new_tokens: int = 32  # sampled tokens per sample (after a short opener)
     text_files: list[str] = field(default_factory=list)  # extra training text, one sentence per line
+    # Validation text (val/nll/<lang>, the harm budget): samples (n_val_text base-model samples), written (sentences
+    # people wrote: the bundled tli/lexicons/validation sample or val_src / val_tgt), or both
+    val_text: str = "samples"
+    val_src: str | None = None  # UTF-8 file of data.src_lang sentences, one per line (null: the bundled sample)
+    val_tgt: str | None = None  # the same for data.tgt_lang
 
     def __post_init__(self):
         for key in ("kl", "retain"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"preserve.{key}={value!r} must be a weight >= 0 (0 = off)")
-        checks = (("reference", REFERENCES), ("retain_metric", RETAIN_METRICS), ("retain_on", RETAIN_ON))
+        checks = (("reference", REFERENCES), ("retain_metric", RETAIN_METRICS), ("retain_on", RETAIN_ON),
+                  ("val_text", VAL_TEXT))
         for key, allowed in checks:
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"preserve.{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")

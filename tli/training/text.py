@@ -28,6 +28,12 @@ class TextSource:
     cache_dir: str | None = None
     files: list[str] = field(default_factory=list)
     fallback: dict[str, list[str]] = field(default_factory=dict)  # openers for languages without bundled ones
+    written: dict[str, list[str]] | None = None  # written validation sentences per language (preserve.val_text)
+
+    @property
+    def validates(self) -> bool:
+        """Whether there is validation text to score (samples or written sentences)."""
+        return bool(self.n_val or self.written)
 
 
 def tokenize_text(tokenizer, sentences: list[str]) -> dict[str, torch.Tensor]:
@@ -46,7 +52,7 @@ class PreservationText:
                                  n_train=source.n_train if need_train else 0, n_val=source.n_val,
                                  max_new_tokens=source.max_new_tokens, fingerprint=source.fingerprint,
                                  cache_dir=source.cache_dir, files=source.files if need_train else (),
-                                 fallback=source.fallback)
+                                 fallback=source.fallback, written=source.written)
         self.tokenizer, self.val = tokenizer, {lang: split.val for lang, split in text.items()}
         longest = max((len(split.train) for split in text.values()), default=0)
         rows = [split.train[i] for i in range(longest) for split in text.values() if i < len(split.train)]
