@@ -196,7 +196,7 @@ def test_base_text_is_cached_keeps_the_rng_and_never_uses_the_heldout_sentences(
     ("loss.weight=0", r"loss.weight=0 and loss.translation_lm=0: nothing to train"),
     ("objective.score_text=false", r"objective.max_harm needs objective.score_text=true"),
     ("preserve.retain_layers=[40]", r"preserve.retain_layers=\[40\] must be .* within 0..32"),
-    ("preserve.val_text=all", r"preserve.val_text='all' is not one of samples, written, both"),
+    ("preserve.val_text=all", r"preserve.val_text='all' is not one of auto, samples, written, both"),
 ])
 def test_bad_preservation_settings_fail_before_weights_load(train_cfg, monkeypatch, override, message):
     import tli.training.module
@@ -283,6 +283,23 @@ def test_written_validation_text_is_what_validation_scores(train_cfg, tiny_nf4):
         expected = lm_loss(model, tok, sentences)["nll"]
         nll, change = (result["metrics"][f"val/{key}/{lang}"] for key in ("nll", "nll_change"))
         assert nll / (1 + change) == pytest.approx(expected, rel=1e-5)  # the base model's NLL the change is against
+
+
+@pytest.mark.parametrize("val_text,src_lang,written,samples", [
+    ("auto", "Swahili", (24, 24), (0, 0)), ("auto", "Zulu", (0, 24), (16, 0)), ("samples", "Swahili", (0, 0), (16, 16)),
+    ("both", "Swahili", (24, 24), (16, 16)), ("written", "Swahili", (24, 24), (0, 0))])
+def test_validation_text_plan_per_language(train_cfg, val_text, src_lang, written, samples):
+    """What each language's harm is measured on: written sentences (bundled for English, Korean, Swahili), base
+    samples (preserve.n_val_text), or both; auto takes written text where there is some, samples elsewhere."""
+    from tli.data.config import load_lexicons
+    from tli.jobs.train import harm_settings
+    from tli.model.loading import load_tokenizer
+
+    cfg = train_cfg(f"preserve.val_text={val_text}", f"data.src_lang={src_lang}")
+    source = harm_settings(cfg, load_tokenizer(cfg.model.loading()), load_lexicons(cfg.data), "val/objective").text
+    langs = (src_lang, "English")
+    assert tuple(len(source.written[lang]) for lang in langs) == written
+    assert tuple(source.n_val[lang] for lang in langs) == samples
 
 
 def test_bad_written_validation_files_fail_before_weights_load(train_cfg, monkeypatch, tmp_path):

@@ -122,13 +122,14 @@ def _cached(model, tokenizer, lang: str, prompts: Sequence[str], n: int, *, seed
     return samples
 
 
-def preservation_text(model, tokenizer, langs: Sequence[str], *, seed: int, n_train: int, n_val: int,
+def preservation_text(model, tokenizer, langs: Sequence[str], *, seed: int, n_train: int, n_val: int | dict[str, int],
                       max_new_tokens: int = 48, fingerprint: str | None = None, cache_dir: str | Path | None = None,
                       files: Sequence[str | Path] = (), fallback: dict[str, Sequence[str]] | None = None,
                       written: dict[str, list[str]] | None = None) -> dict[str, TextSplit]:
     """{language: TextSplit} of the base model's own samples (`model` must be the base: disable adapters first).
     `fallback`: openers per language without bundled ones (e.g. its lexicon words); `written`: validation sentences
-    per language added after the validation samples (`written_validation`)."""
+    per language added after the validation samples (`written_validation`); `n_val`: validation samples, for every
+    language or per language."""
     extra = [s for f in files for s in read_sentences(f)]
     for f in files:
         check_disjoint(read_sentences(f), f"preserve.text_files: {f}")
@@ -137,7 +138,8 @@ def preservation_text(model, tokenizer, langs: Sequence[str], *, seed: int, n_tr
         prompts = openers(lang, (fallback or {}).get(lang, ()))
         common = dict(max_new_tokens=max_new_tokens, fingerprint=fingerprint, cache_dir=cache_dir)
         train = _cached(model, tokenizer, lang, prompts, n_train, seed=seed, **common) if n_train else []
-        val = _cached(model, tokenizer, lang, prompts, n_val, seed=seed + VAL_SEED_OFFSET, **common) if n_val else []
+        n = n_val.get(lang, 0) if isinstance(n_val, dict) else n_val
+        val = _cached(model, tokenizer, lang, prompts, n, seed=seed + VAL_SEED_OFFSET, **common) if n else []
         val = [s for s in val if s not in set(train)] + list((written or {}).get(lang, []))
         check_disjoint(train + val, f"base-model samples in {lang}")
         out[lang] = TextSplit(train + extra, val)

@@ -28,7 +28,7 @@ from tli.errors import ConfigError
 from tli.model.embed import decoder_of
 
 REFERENCES, RETAIN_METRICS, RETAIN_ON = ("live", "cached"), ("mse", "cosine"), ("text", "words")
-VAL_TEXT = ("samples", "written", "both")
+VAL_TEXT = ("auto", "samples", "written", "both")
 
 
 @dataclass
@@ -48,9 +48,10 @@ class PreserveConfig:
     n_val_text: int = 16  # base-model samples per language for validation (val/nll/<lang>, the harm check)
     max_new_tokens: int = 32  # sampled tokens per sample (after a short opener)
     text_files: list[str] = field(default_factory=list)  # extra training text, one sentence per line
-    # Validation text (val/nll/<lang>, the harm budget): samples (n_val_text base-model samples), written (sentences
-    # people wrote: the bundled tli/lexicons/validation sample or val_src / val_tgt), or both
-    val_text: str = "samples"
+    # Validation text (val/nll/<lang>, the harm budget): written (sentences people wrote: the bundled
+    # tli/lexicons/validation sample or val_src / val_tgt), samples (n_val_text base-model samples), both, or auto
+    # (written where bundled or given, samples for other languages)
+    val_text: str = "auto"
     val_src: str | None = None  # UTF-8 file of data.src_lang sentences, one per line (null: the bundled sample)
     val_tgt: str | None = None  # the same for data.tgt_lang
 

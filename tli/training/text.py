@@ -22,7 +22,7 @@ class TextSource:
     langs: tuple[str, str]  # data.src_lang, data.tgt_lang
     seed: int
     n_train: int
-    n_val: int
+    n_val: int | dict[str, int]  # validation samples (per language)
     max_new_tokens: int
     fingerprint: str | None = None
     cache_dir: str | None = None
@@ -33,7 +33,8 @@ class TextSource:
     @property
     def validates(self) -> bool:
         """Whether there is validation text to score (samples or written sentences)."""
-        return bool(self.n_val or self.written)
+        counts = self.n_val.values() if isinstance(self.n_val, dict) else [self.n_val]
+        return bool(any(counts) or any((self.written or {}).values()))
 
 
 def tokenize_text(tokenizer, sentences: list[str]) -> dict[str, torch.Tensor]:
