@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,6 @@ from tli.errors import AdapterError, ConfigError
 from tli.eval.behaviour import (
     behaviour,
     behaviour_lines,
-    behaviour_metrics,
     compare_behaviour,
     heldout_samples,
     translation_queries,
@@ -66,7 +65,7 @@ from tli.intervention.fit import FitPlan
 from tli.intervention.measure import fit_and_save, intervened_behaviour, intervened_vectors, open_runs
 from tli.io import atomic_write_json
 from tli.jobs.common import provenance, run_card, run_dir_lock
-from tli.jobs.tracking import init_wandb
+from tli.jobs.tracking import log_evaluation
 from tli.model.adapter import OpenedAdapters, attach, bare
 from tli.model.embed import Probe
 from tli.model.loading import ModelSpec, check_layers, load_config, load_model, num_layers
@@ -271,7 +270,7 @@ def write_outputs(plan: EvalPlan, found: Measured) -> dict:
     else:
         (out / "gold_logprob.png").unlink(missing_ok=True)
     if cfg.logger.type == "wandb":
-        _log_wandb(cfg, summary, out, found.translation_rows)
+        log_evaluation(cfg, summary, out, found.translation_rows)
     return summary
 
 
@@ -294,31 +293,3 @@ def show(plan: EvalPlan, summary: dict) -> None:
 
 def _title(plan: EvalPlan) -> str:
     return f"{plan.spec.name_or_path} ({plan.spec.quantization}), pooling={plan.probe.pooling}"
-
-
-def _log_wandb(cfg, summary: dict, out: Path, translation_rows: list[dict]) -> None:
-    import wandb
-
-    run = init_wandb(cfg.logger, asdict(cfg), cfg.paths.output_dir, job_type="evaluate")
-    try:
-        rows = [{"run": name, "split": split, "layer": layer, "vectors": variant,
-                 **{f"{k}_before": v for k, v in st["before"].items()},
-                 **{f"{k}_after": v for k, v in st["after"].items()},
-                 **{f"{s}_delta": p["delta"] for s, p in st["paired"].items()},
-                 **{f"{s}_wilcoxon_p": p["wilcoxon_p"] for s, p in st["paired"].items()}}
-                for name, r in summary["runs"].items() for split in ("train", "control")
-                for layer, per_variant in r.get(split, {}).items() for variant, st in per_variant.items()]
-        several = len(summary["runs"]) > 1  # then the run name follows eval/, as in behaviour_metrics
-        run.summary.update({f"eval/{r['run'] + '/' if several else ''}{r['vectors']}/{r['split']}/{k}@{r['layer']}": v
-                            for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k != "layer"})
-        run.summary.update(behaviour_metrics(summary["runs"]))
-        columns = list(rows[0])
-        images = {f"eval/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("*.png"))}
-        tables = {"eval/table": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])}
-        if translation_rows:
-            columns = ["run", *CSV_COLUMNS]
-            tables["eval/translation"] = wandb.Table(columns=columns,
-                                                     data=[[r[c] for c in columns] for r in translation_rows])
-        run.log({**tables, "eval/report": wandb.Html("<pre>" + (out / "report.md").read_text() + "</pre>"), **images})
-    finally:
-        run.finish()

@@ -1,13 +1,17 @@
 """Experiment tracking (`logger.*`): Lightning's CSV logger, or Weights & Biases, online when an API key is available
-and otherwise offline run files for a later `wandb sync`. One W&B set-up for every job."""
+and otherwise offline run files for a later `wandb sync`. One W&B set-up for every job; `log_evaluation` is what an
+evaluation sends."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from tli.config import LoggerConfig
+from tli.eval.behaviour import behaviour_metrics
+from tli.eval.translation import CSV_COLUMNS
 
 
 def wandb_offline(setting) -> bool:
@@ -81,3 +85,33 @@ def lightning_logger(logger: LoggerConfig, config: dict, output_dir: Path):
         wandb_logger.log_hyperparams(config)
         return wandb_logger
     return False
+
+
+def log_evaluation(cfg, summary: dict, out: Path, translation_rows: list[dict]) -> None:
+    """An evaluation's W&B run (logger.type=wandb): the headline figures per run, split, layer and vectors as summary
+    values, the behaviour metrics, the tables (figures, translation rows), the report and the plots."""
+    import wandb
+
+    run = init_wandb(cfg.logger, asdict(cfg), cfg.paths.output_dir, job_type="evaluate")
+    try:
+        rows = [{"run": name, "split": split, "layer": layer, "vectors": variant,
+                 **{f"{k}_before": v for k, v in st["before"].items()},
+                 **{f"{k}_after": v for k, v in st["after"].items()},
+                 **{f"{s}_delta": p["delta"] for s, p in st["paired"].items()},
+                 **{f"{s}_wilcoxon_p": p["wilcoxon_p"] for s, p in st["paired"].items()}}
+                for name, r in summary["runs"].items() for split in ("train", "control")
+                for layer, per_variant in r.get(split, {}).items() for variant, st in per_variant.items()]
+        several = len(summary["runs"]) > 1  # then the run name follows eval/, as in behaviour_metrics
+        run.summary.update({f"eval/{r['run'] + '/' if several else ''}{r['vectors']}/{r['split']}/{k}@{r['layer']}": v
+                            for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k != "layer"})
+        run.summary.update(behaviour_metrics(summary["runs"]))
+        columns = list(rows[0])
+        images = {f"eval/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("*.png"))}
+        tables = {"eval/table": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])}
+        if translation_rows:
+            columns = ["run", *CSV_COLUMNS]
+            tables["eval/translation"] = wandb.Table(columns=columns,
+                                                     data=[[r[c] for c in columns] for r in translation_rows])
+        run.log({**tables, "eval/report": wandb.Html("<pre>" + (out / "report.md").read_text() + "</pre>"), **images})
+    finally:
+        run.finish()
