@@ -92,8 +92,9 @@ def test_the_cli_prints_the_table_and_refuses_a_directory_without_a_summary(reci
 
 
 def test_the_figure_is_written_for_any_mix_of_points(tmp_path):
-    points = [RecipePoint("tli", 0.55, 0.50, 0.60, 2.55, 2.4, 2.7, -44.1, "unseen", 3, 18),
-              RecipePoint("tli + KL", 0.30, 0.20, 0.40, 0.015, 0.01, 0.02, 1.5, "unseen", 3, 18),
+    points = [RecipePoint("tli", 0.55, 0.50, 0.60, 2.55, 2.4, 2.7, -44.1, "unseen", 3, 18, alignment_split="unseen"),
+              RecipePoint("tli + KL", 0.30, 0.20, 0.40, 0.015, 0.01, 0.02, 1.5, "unseen", 3, 18,
+                          alignment_split="unseen"),
               RecipePoint("one run", 0.05, None, None, 0.001, None, None, None, None, 1, 18),
               RecipePoint("no harm", 0.05, None, None, None, None, None, 0.0, "control", 1, 18)]
     for budget in (0.02, None):

@@ -5,7 +5,8 @@ larger of the two languages (per run; in %); y: alignment gain on unseen words, 
 points) at the reported index on the words the run never saw: a cross-fitted adapter's held-out fold (its "unseen"
 split, `tli.eval.unseen`), else the control pairs; colour: the change of few-shot
 translation accuracy (points) on the words the adapters never saw (the "unseen" split of cross-fitted recipes, the
-control split otherwise), both directions pooled; error bars: 95% t-intervals of the mean over the recipe's runs
+control split otherwise), both directions pooled; marker: circle where the alignment is on held-out folds, square on
+control pairs; error bars: 95% t-intervals of the mean over the recipe's runs
 (none for a one-run recipe: summary.json keeps no per-sentence NLLs or per-pool hits to resample); a dashed line at
 the harm budget (`objective.max_harm`).
 
@@ -173,9 +174,13 @@ def plot_front(points: Sequence[RecipePoint], path: str | Path, budget: float | 
         ax.errorbar([x], [y], xerr=[[xerr[0]], [xerr[1]]], yerr=[[yerr[0]], [yerr[1]]], fmt="none",
                     ecolor="0.5", elinewidth=1, capsize=3, zorder=1)
         ax.annotate(p.name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
-    coloured = [p for p in shown if p.translation is not None]
-    ax.scatter([100 * p.harm for p in coloured], [100 * p.alignment for p in coloured],
-               c=[p.translation for p in coloured], cmap=cmap, norm=norm, s=70, edgecolors="k", zorder=2)
+    markers = {"unseen": ("o", "held-out folds (cross-fitted)"), "control": ("s", "control pairs")}
+    for split, (marker, where) in markers.items():
+        coloured = [p for p in shown if p.translation is not None and (p.alignment_split or "control") == split]
+        if coloured:
+            ax.scatter([100 * p.harm for p in coloured], [100 * p.alignment for p in coloured], marker=marker,
+                       c=[p.translation for p in coloured], cmap=cmap, norm=norm, s=70, edgecolors="k", zorder=2,
+                       label=f"alignment on {where}")
     grey = [p for p in shown if p.translation is None]
     if grey:
         ax.scatter([100 * p.harm for p in grey], [100 * p.alignment for p in grey], color="0.75", s=70,
@@ -185,8 +190,7 @@ def plot_front(points: Sequence[RecipePoint], path: str | Path, budget: float | 
     ax.axhline(0, color="0.6", lw=0.8, ls=":")
     if budget is not None:
         ax.axvline(100 * budget, color="tab:red", lw=1, ls="--", label=f"harm budget {100 * budget:g}%")
-    if budget is not None or grey:
-        ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="best")
     label = "held-out NLL harm: relative rise, max of the two languages (%)"
     if max([100 * p.harm for p in shown] or [0]) > 20:  # a collapsed recipe (+250%) beside ones within the budget
         ax.set_xscale("symlog", linthresh=1.0)
