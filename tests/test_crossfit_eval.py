@@ -11,6 +11,8 @@ from helpers import FAST_CPU, compose, job_overrides
 from tli.data.config import load_lexicons
 from tli.data.crossfit import fold_split
 from tli.errors import AdapterError, ConfigError
+from tli.eval.combine import EvaluationError, combine, read_evaluation
+from tli.eval.combine import main as combine_main
 from tli.eval.front import points_from_summary
 from tli.jobs.evaluate import evaluate_job
 from tli.jobs.train import train_job
@@ -176,3 +178,52 @@ def test_representations_on_unseen_words_are_the_held_out_folds_pairs_pooled(poo
     gains = [summary["runs"][f"run{i}"]["unseen"][32]["centred"]["after"]["pool_p_at_1"]
              - summary["runs"][f"run{i}"]["unseen"][32]["centred"]["before"]["pool_p_at_1"] for i in range(K)]
     assert point.alignment_split == "unseen" and point.alignment == pytest.approx(sum(gains) / K)
+
+
+def _split_evaluation(src, out, runs: set[str]):
+    """A copy of evaluation `src` that holds only `runs` (and the nn_shots rows of their folds): what evaluate.py
+    would have written for those adapters alone."""
+    summary = json.loads((src / "summary.json").read_text())
+    kept = {name: run for name, run in summary["runs"].items() if name in runs}
+    folds = {str(i) for i in range(K) if f"run{i}" in runs}
+    summary.update(runs=kept)
+    summary["settings"]["adapters"] = [run["adapter"] for run in kept.values()]
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps(summary))
+    for table in ("translation.csv", "pairs.csv"):
+        with (src / table).open(encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = [r for r in reader if r["run"] in runs or (r["run"] == "nn_shots" and r["fold"] in folds)]
+        with (out / table).open("w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, reader.fieldnames, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+    return out
+
+
+def test_separate_evaluations_combine_as_one(pooled, tmp_path):
+    """`python -m tli.eval.combine` on the evaluation of fold 0's adapter and that of folds 1-2's gives the pooled
+    behaviour, null and unseen-word sections of the one evaluation of all three; overlapping or unlike evaluations
+    are refused with the culprit named."""
+    summary, out = pooled
+    src = out / "eval"
+    a = _split_evaluation(src, tmp_path / "a", {"run0"})
+    b = _split_evaluation(src, tmp_path / "b", {"run1", "run2"})
+    assert combine_main([str(a), str(b), "--out", str(tmp_path / "both")]) == 0
+    combined = json.loads((tmp_path / "both" / "summary.json").read_text())
+    one = json.loads(json.dumps(summary))  # the evaluation of all three, with JSON's keys
+    for section in ("crossfit", "nulls", "unseen_alignment"):
+        assert combined[section] == one[section], section
+    assert set(combined["runs"]) == {"0.run0", "1.run1", "1.run2"}
+    assert combined["settings"]["sources"] == [str(a), str(b)]
+    report = (tmp_path / "both" / "report.md").read_text()
+    assert "| cross-fitted pool | unseen | Swahili->English |" in report and "3 adapters from 2 evaluations" in report
+    with pytest.raises(EvaluationError, match="fold 0, seed 0 as .* did"):
+        combine([read_evaluation(a), read_evaluation(a)])
+    unlike = json.loads((b / "summary.json").read_text())
+    unlike["settings"]["pooling"] = "last"
+    (b / "summary.json").write_text(json.dumps(unlike))
+    with pytest.raises(EvaluationError, match="settings.pooling = 'last' differs"):
+        combine([read_evaluation(a), read_evaluation(b)])
+    assert combine_main([str(a), str(a), "--out", str(a)]) == 2  # the output over a source
+    assert combine_main([str(tmp_path / "none"), str(a), "--out", str(tmp_path / "x")]) == 2

@@ -20,7 +20,6 @@ named after its directory.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tli.errors import TLIError
+from tli.eval.combine import eval_dir_of, read_summary
 from tli.eval.plots import _figure, save_figure
 
 BUDGET = 0.02  # objective.max_harm's default: a 2% rise of held-out NLL
@@ -140,15 +140,8 @@ def points_from_summary(summary: dict, source: str = "", layer: int | None = Non
 
 def load_points(eval_dir: str | Path, layer: int | None = None) -> list[RecipePoint]:
     """The recipe points of `<eval_dir>/summary.json` (or `<eval_dir>/eval/summary.json`)."""
-    eval_dir = Path(eval_dir)
-    if not (eval_dir / "summary.json").is_file() and (eval_dir / "eval" / "summary.json").is_file():
-        eval_dir = eval_dir / "eval"
-    path = eval_dir / "summary.json"
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise SummaryError(f"cannot read {path} ({getattr(err, 'strerror', None) or err}): give an evaluation's "
-                           "directory (<run dir>/eval, written by evaluate.py)") from err
+    eval_dir = eval_dir_of(eval_dir)
+    summary = read_summary(eval_dir, SummaryError)
     label = eval_dir.parent.name if eval_dir.name == "eval" else eval_dir.name
     return points_from_summary(summary, str(eval_dir), layer, name=label)
 

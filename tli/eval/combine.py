@@ -1,0 +1,222 @@
+"""Several evaluations read as one: the pooled behaviour and unseen-word figures of evaluations run separately (one
+per seed, say) on the same model, lexicons, held-out text and settings, exactly as one `evaluate.py` call on all
+their adapters would give them (the same functions on the union of their rows; the Holm family is the comparisons
+of the combined report).
+
+    python -m tli.eval.combine <eval dir> <eval dir> [...] --out <dir>
+
+An eval dir is `<run or sweep dir>/eval` (or the directory above it). Each source's runs keep their recipe
+("<recipe>/<i>" becomes "<recipe>/<source>.<i>"); rows are matched by (split, direction, word, fold, seed) as in
+`tli.eval.recipes`, so the sources must score different (fold, seed) strata: the same stratum of one recipe in two
+sources is an error, and so is a setting that differs. Writes <dir>/summary.json and <dir>/report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tli.errors import TLIError
+from tli.eval.headline import behaviour_table
+from tli.eval.recipes import behaviour_summary, recipe_of
+from tli.eval.sections import unseen_alignment_section
+from tli.eval.tables import read_csv
+from tli.eval.translation import CSV_COLUMNS
+from tli.eval.unseen import pooled_alignment
+from tli.io import atomic_write_json, atomic_write_text
+
+# settings that must agree for rows to pool (file paths may differ; their checksums may not)
+SAME = ("model", "revision", "quantization", "behaviour_quantization", "pooling", "template", "metrics", "layers")
+
+
+class EvaluationError(TLIError, ValueError):
+    """An evaluation directory that cannot be read or combined (names the directory and what is wrong)."""
+
+
+@dataclass
+class Evaluation:
+    """One evaluation's summary.json and its per-row tables."""
+
+    path: Path
+    summary: dict
+    translation: list[dict]
+    pairs: list[dict]
+
+
+def eval_dir_of(path: str | Path) -> Path:
+    """`<path>` when it holds summary.json, else `<path>/eval` when that does."""
+    path = Path(path)
+    if not (path / "summary.json").is_file() and (path / "eval" / "summary.json").is_file():
+        return path / "eval"
+    return path
+
+
+def read_summary(eval_dir: Path, error: type[TLIError] = EvaluationError) -> dict:
+    path = eval_dir / "summary.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise error(f"cannot read {path} ({getattr(err, 'strerror', None) or err}): give an evaluation's directory "
+                    "(<run dir>/eval, written by evaluate.py)") from err
+
+
+def _value(text: str) -> Any:
+    """A CSV cell back to the type evaluate.py wrote: "" -> None, True/False, numbers."""
+    if text in ("", "None"):
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def _typed(row: dict, text_columns: Sequence[str]) -> dict:
+    return {k: (v if k in text_columns else _value(v)) for k, v in row.items()}
+
+
+def read_evaluation(path: str | Path) -> Evaluation:
+    eval_dir = eval_dir_of(path)
+    summary = read_summary(eval_dir)
+    text = ("run", "split", "direction", "source", "target", "prediction_before", "prediction_after")
+    translation = []
+    if summary.get("translation"):
+        if not (eval_dir / "translation.csv").is_file():
+            raise EvaluationError(f"{eval_dir}: summary.json has translation figures but translation.csv is missing")
+        translation = [_typed(r, text) for r in read_csv(eval_dir / "translation.csv")]
+        missing = [c for c in CSV_COLUMNS if translation and c not in translation[0]]
+        if missing:
+            raise EvaluationError(f"{eval_dir / 'translation.csv'}: columns {missing} missing (an older tli?)")
+    pairs = [_typed(r, text) for r in read_csv(eval_dir / "pairs.csv")] if (eval_dir / "pairs.csv").is_file() else []
+    return Evaluation(eval_dir, summary, translation, pairs)
+
+
+def _checksums(settings: dict) -> dict:
+    """What a setting's files contain, not where they were: the lexicons' and held-out texts' sha256."""
+    lexicons = {split: info.get("sha256") for split, info in (settings.get("lexicons") or {}).items()}
+    heldout = {lang: info.get("sha256") for lang, info in (settings.get("lm_loss") or {}).items()}
+    t = dict(settings.get("translation") or {})
+    t.pop("words", None)  # which words were scored follows from the lexicons and folds
+    t.pop("generation_batch_size", None)  # batching changes no answer
+    return {"lexicons": lexicons, "lm_loss": heldout, "translation": t}
+
+
+def check_compatible(evaluations: Sequence[Evaluation]) -> None:
+    first = evaluations[0]
+    ref = {**{k: first.summary["settings"].get(k) for k in SAME}, **_checksums(first.summary["settings"])}
+    for e in evaluations[1:]:
+        own = {**{k: e.summary["settings"].get(k) for k in SAME}, **_checksums(e.summary["settings"])}
+        for key, value in own.items():
+            if value != ref[key]:
+                raise EvaluationError(f"{e.path}: settings.{key} = {value!r} differs from {first.path} "
+                                      f"({ref[key]!r}); only evaluations of the same model, lexicons, held-out text "
+                                      "and settings combine")
+
+
+def _renamed(run: str, source: int, recipes: bool) -> str:
+    """A run's name in the combined summary: "<recipe>/<source>.<i>" (the recipe kept), or "<source>.<run>"."""
+    if run == "nn_shots":  # the prompt-only null: one per (fold, seed) stratum, like a recipe
+        return run
+    if not recipes:
+        return f"{source}.{run}"
+    recipe, _, rest = run.rpartition("/")
+    return f"{recipe}/{source}.{rest}"
+
+
+def combine(evaluations: Sequence[Evaluation], n_boot: int | None = None, seed: int | None = None) -> dict[str, Any]:
+    """The combined summary: "settings" (the first source's, with "sources"), "runs" (every source's, renamed),
+    and, from the union of the rows, what `evaluate.py` computes across runs: "recipes", "comparisons",
+    "nulls", "crossfit" (`behaviour_summary`) and "unseen_alignment" (`pooled_alignment`)."""
+    if len(evaluations) < 2:
+        raise EvaluationError("give at least two evaluation directories to combine")
+    check_compatible(evaluations)
+    kinds = {bool(e.summary.get("recipes")) for e in evaluations}
+    if len(kinds) > 1:
+        kind = {True: "recipes", False: "adapters"}
+        raise EvaluationError("evaluations of recipes (+adapters.<recipe>=[...]) and of plain adapter lists do not "
+                              "combine: " + ", ".join(f"{e.path} ({kind[bool(e.summary.get('recipes'))]})"
+                                                      for e in evaluations))
+    recipes = kinds.pop()
+    settings = dict(evaluations[0].summary["settings"])
+    n_boot = settings["n_boot"] if n_boot is None else n_boot
+    seed = settings["seed"] if seed is None else seed
+    translation, pairs, runs, seen = [], [], {}, {}
+    for i, e in enumerate(evaluations):
+        names = list(e.summary["runs"])
+        for r in e.translation:
+            r = {**r, "run": _renamed(r.get("run") or names[0], i, recipes)}
+            who = r["run"] if r["run"] == "nn_shots" else recipe_of(r["run"]) if recipes else "adapters"
+            key = (who, r["split"], r["direction"], r["source"], r["fold"], r["seed"])
+            if key in seen and seen[key][0] != i:
+                kept = seen[key][1]
+                if who == "nn_shots" and kept["prediction_after"] == r["prediction_after"]:
+                    continue  # the same prompt-only null on the same stratum (evaluations of other recipes): once
+                raise EvaluationError(f"{e.path}: {who!r} scored {key[3]!r} ({key[2]}, split {key[1]}) in fold "
+                                      f"{key[4]}, seed {key[5]} as {evaluations[seen[key][0]].path} did"
+                                      + (" with another answer" if who == "nn_shots" else "")
+                                      + ": combine evaluations of different seeds, folds or recipes")
+            seen[key] = (i, r)
+            translation.append(r)
+        pairs += [{**r, "run": _renamed(r.get("run") or names[0], i, recipes)} for r in e.pairs]
+        for name, run in e.summary["runs"].items():
+            runs[_renamed(name, i, recipes)] = run
+    crossfit = any(r.get("fold") is not None for r in translation if r["run"] != "nn_shots")
+    out: dict[str, Any] = {"settings": {**settings, "sources": [str(e.path) for e in evaluations], "n_boot": n_boot,
+                                        "seed": seed, "adapters": [a for e in evaluations
+                                                                   for a in e.summary["settings"]["adapters"]]},
+                           "runs": runs}
+    out.update(behaviour_summary(translation, recipes, crossfit, n_boot, seed))
+    if any(r["split"] == "unseen" for r in pairs):
+        out["unseen_alignment"] = pooled_alignment(pairs, recipes, n_boot, seed)
+    return out
+
+
+def render(summary: dict) -> str:
+    s = summary["settings"]
+    lines = ["# Combined TLI evaluations", "",
+             f"Model `{s['model']}` (quantization {s['quantization']}), pooling `{s['pooling']}`, layers "
+             f"{s['layers']} (Hugging Face hidden-state indices), {len(s['adapters'])} adapters from "
+             f"{len(s['sources'])} evaluations, pooled as one; bootstrap {s['n_boot']} resamples, seed {s['seed']}.",
+             "", *[f"- `{src}`" for src in s["sources"]], ""]
+    table = behaviour_table(summary)
+    if table:
+        lines.append(table)
+    if summary.get("unseen_alignment"):
+        lines.append(unseen_alignment_section(summary["unseen_alignment"]))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tli.eval.combine", description=__doc__.split("\n\n")[0])
+    parser.add_argument("eval_dirs", nargs="+", help="evaluation directories (<run or sweep dir>/eval)")
+    parser.add_argument("--out", required=True, help="the directory to write summary.json and report.md to")
+    parser.add_argument("--n-boot", type=int, help="bootstrap resamples (default: the sources' eval.n_boot)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    try:
+        evaluations = [read_evaluation(d) for d in args.eval_dirs]
+        if any(out.resolve() == e.path.resolve() for e in evaluations):
+            raise EvaluationError(f"--out {out} is one of the sources: give a new directory")
+        summary = combine(evaluations, n_boot=args.n_boot)
+    except TLIError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "report.md", render(summary) + "\n")
+    print(render(summary))
+    print(f"wrote {out / 'summary.json'} and {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
