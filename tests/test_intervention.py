@@ -484,3 +484,75 @@ def test_cross_fitted_maps_and_their_null_are_recipes_of_one_evaluation(eval_cfg
                       if r["run"].startswith(recipe + "/") and r["split"] == "unseen") == train_words
     assert sorted((r["direction"], r["source"]) for r in rows if r["run"] == "nn_shots" and r["split"] == "unseen") \
         == sorted(train_words + back_words)  # the prompt-only null: both directions
+
+
+@pytest.mark.parametrize("kind,src_lang,written", [
+    ("auto", "Swahili", True), ("auto", "Zulu", False), ("samples", "Swahili", False), ("written", "Swahili", True),
+    ("both", "Swahili", True)])
+def test_the_harm_budget_scores_written_sentences_or_samples(eval_cfg, kind, src_lang, written):
+    """intervention.harm_text, as preserve.val_text: the bundled written sentences of the source language (read and
+    checked when the fit is planned, before weights load) and/or base-model samples; auto takes written text where
+    there is some."""
+    from tli.data.config import load_lexicons
+    from tli.eval.base_text import written_validation
+    from tli.intervention.artifact import InterventionCard
+    from tli.intervention.fit import harm_text, plan_fit
+
+    cfg = eval_cfg("intervention=linear_map", f"intervention.harm_text={kind}", f"data.src_lang={src_lang}",
+                   "data.val_fraction=0.25")
+    lexicons = load_lexicons(cfg.data)
+    plan = plan_fit(cfg, lexicons, InterventionCard(base_model="m", target_layer=LAYER), 32)
+    assert plan.harm_written == (written_validation(src_lang, None, "k") if written else [])
+    assert plan.card.intervention["harm_text"] == kind
+    if kind in ("auto", "written") and written:  # no samples: the model is never asked for any
+        assert harm_text_of(cfg, lexicons, plan, speaker=None) == plan.harm_written
+    no_budget = eval_cfg("intervention=linear_map", f"intervention.harm_text={kind}", "objective.max_harm=null")
+    assert harm_text(None, None, no_budget, lexicons, no_budget.model.loading(), plan.harm_written) == []
+
+
+def harm_text_of(cfg, lexicons, plan, speaker, tokenizer=None):
+    from tli.intervention.fit import harm_text
+
+    return harm_text(speaker, tokenizer, cfg, lexicons, cfg.model.loading(), plan.harm_written)
+
+
+def test_both_adds_the_base_models_samples_to_the_written_sentences(eval_cfg, full, tmp_path):
+    from tli.data.config import load_lexicons
+    from tli.eval.base_text import preservation_text
+    from tli.intervention.artifact import InterventionCard
+    from tli.intervention.fit import plan_fit
+
+    model, tok = full
+    mine = tmp_path / "mine.txt"
+    mine.write_text("Habari za asubuhi.\nNinapenda kusoma vitabu.\n", encoding="utf-8")
+    cfg = eval_cfg("intervention=linear_map", "intervention.harm_text=both", f"intervention.harm_file={mine}",
+                   "intervention.val_text=3", "intervention.max_new_tokens=4", "data.val_fraction=0.25",
+                   f"model.cache_dir={tmp_path / 'cache'}")
+    lexicons = load_lexicons(cfg.data)
+    plan = plan_fit(cfg, lexicons, InterventionCard(base_model="m", target_layer=LAYER), 32)
+    assert plan.harm_written == ["Habari za asubuhi.", "Ninapenda kusoma vitabu."]
+    text = harm_text_of(cfg, lexicons, plan, model, tok)
+    samples = preservation_text(model, tok, ["Swahili"], seed=cfg.seed, n_train=0, n_val=3, max_new_tokens=4,
+                                fallback={"Swahili": sorted({p.source for p in lexicons.train.pairs})[:32]})
+    assert text == samples["Swahili"].val + plan.harm_written and len(text) == 5
+
+
+def test_bad_harm_text_settings_fail_before_weights_load(eval_cfg, tmp_path):
+    from tli.data.config import load_lexicons
+    from tli.eval.lm_loss import heldout_sentences
+    from tli.intervention.artifact import InterventionCard
+    from tli.intervention.fit import plan_fit
+
+    with pytest.raises(ConfigError, match="intervention.harm_text='all' is not one of auto, samples, written, both"):
+        eval_cfg("intervention=linear_map", "intervention.harm_text=all")
+    with pytest.raises(ConfigError, match=r"intervention.harm_file='.*missing.txt': no such file"):
+        eval_cfg("intervention=linear_map", f"intervention.harm_file={tmp_path / 'missing.txt'}")
+    leaky = tmp_path / "leaky.txt"
+    leaky.write_text(f"Habari za asubuhi.\n{heldout_sentences('sw')[2]}\n", encoding="utf-8")
+    card = InterventionCard(base_model="m", target_layer=LAYER)
+    for overrides, message in (([f"intervention.harm_file={leaky}"], r"intervention.harm_file: .*leaky.txt shares 1"),
+                               (["intervention.harm_text=written", "data.src_lang=Zulu"],
+                                r"'Zulu'.*intervention.harm_file=FILE.*or intervention.harm_text=samples")):
+        cfg = eval_cfg("intervention=linear_map", "data.val_fraction=0.25", *overrides)
+        with pytest.raises(DataError, match=message):
+            plan_fit(cfg, load_lexicons(cfg.data), card, 32)

@@ -86,14 +86,14 @@ def check_disjoint(text: Sequence[str], where: str) -> None:
                             "never be the text the evaluation scores")
 
 
-def written_validation(lang: str, path: str | None, key: str) -> list[str]:
+def written_validation(lang: str, path: str | None, key: str, samples_key: str = "preserve.val_text") -> list[str]:
     """Written validation sentences of a language for the harm budget: the UTF-8 file `path` (one sentence per line;
-    `key` is the config key that named it) or the bundled sample (`tli/lexicons/validation`); never a sentence of
-    the evaluation's held-out text."""
+    `key` is the config key that named it, `samples_key` the one that asks for samples instead) or the bundled
+    sample (`tli/lexicons/validation`); never a sentence of the evaluation's held-out text."""
     file = Path(path).expanduser() if path else bundled_heldout(lang, "validation")
     if file is None:
         raise DataError(f"no bundled validation sentences for language {lang!r} (bundled: English, Korean, Swahili): "
-                        f"set {key}=FILE (UTF-8, one sentence per line), or preserve.val_text=samples")
+                        f"set {key}=FILE (UTF-8, one sentence per line), or {samples_key}=samples")
     if not file.is_file():
         raise DataError(f"{key}={str(path)!r}: no such file (UTF-8 text, one sentence per line)")
     sentences = read_sentences(file)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tli.errors import ConfigError
@@ -15,6 +16,7 @@ UPDATES = ("add", "towards")  # add: h + a W h (INCLINE); towards: h + a (W h - 
 POSITIONS = ("query", "last")  # the query word's tokens, or the prompt's last token (INCLINE)
 FIT_ON = ("pairs", "deranged")
 SELECT_ON = ("gold_logprob", "accuracy")
+HARM_TEXT = ("auto", "samples", "written", "both")  # as preserve.val_text (tli.training.preserve)
 
 
 @dataclass
@@ -32,13 +34,18 @@ class InterventionConfig:
     fit_on: str = "pairs"  # pairs | deranged (the matched null: targets deranged, tli.data.crossfit.derange)
     select_on: str = "gold_logprob"  # what chooses alpha on the validation pairs: gold_logprob | accuracy
     val_text: int = 16  # base-model samples in the source language for the harm budget (objective.max_harm)
+    # what the harm budget scores, as preserve.val_text: written (the bundled tli/lexicons/validation sample of the
+    # source language, or harm_file), samples (val_text base-model samples), both, or auto (written where bundled or
+    # given, samples otherwise)
+    harm_text: str = "auto"
+    harm_file: str | None = None  # UTF-8 source-language sentences, one per line (null: the bundled sample)
     max_new_tokens: int = 32  # tokens per sample (tli.eval.base_text; preserve.* defaults: the cache is shared)
     load: str | None = None  # a saved map directory (<eval dir>/intervention): evaluate it instead of fitting
     fit_only: bool = False  # fit, choose alpha and save the map; no before/after report (for sweeps)
 
     def __post_init__(self):
         for key, allowed in (("type", TYPES), ("solver", SOLVERS), ("update", UPDATES), ("position", POSITIONS),
-                             ("fit_on", FIT_ON), ("select_on", SELECT_ON)):
+                             ("fit_on", FIT_ON), ("select_on", SELECT_ON), ("harm_text", HARM_TEXT)):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"intervention.{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
         if not (self.layers in ("target", "all") or (isinstance(self.layers, (list, tuple)) and self.layers and all(
@@ -59,6 +66,9 @@ class InterventionConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "val_text" else 1):
                 raise ConfigError(f"intervention.{key}={value!r} must be an integer >= "
                                   f"{0 if key == 'val_text' else 1}")
+        if self.harm_file is not None and not Path(self.harm_file).expanduser().is_file():
+            raise ConfigError(f"intervention.harm_file={self.harm_file!r}: no such file (UTF-8 text in the source "
+                              "language, one sentence per line)")
         if self.fit_only and (self.load or self.type == "none"):
             raise ConfigError("intervention.fit_only=true fits a map: set intervention=linear_map or mean_shift "
                               "(and no intervention.load)")
@@ -87,7 +97,7 @@ class InterventionConfig:
     def settings(self) -> dict:
         """What the saved map's card records about how it was made."""
         out = {"type": self.type, "position": self.position, "fit_on": self.fit_on, "select_on": self.select_on,
-               "alphas_tried": self.grid()}
+               "alphas_tried": self.grid(), "harm_text": self.harm_text, "harm_file": self.harm_file}
         if self.type == "linear_map":
             out.update(solver=self.solver, ridge=float(self.ridge) if self.solver == "ridge" else None,
                        update=self.update)

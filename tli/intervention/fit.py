@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from tli.data.crossfit import derange
 from tli.data.datamodule import MIN_VAL_PAIRS, split_pairs
@@ -46,6 +46,7 @@ class FitPlan:
     probe: Probe
     card: InterventionCard  # the card without the fitted values (alpha, table), for the plan's checks
     n_val_pairs: int
+    harm_written: list[str] = field(default_factory=list)  # written source-language harm text, read and checked
 
 
 def plan_fit(cfg, lexicons, base_card: InterventionCard, n_layers: int) -> FitPlan:
@@ -75,7 +76,8 @@ def plan_fit(cfg, lexicons, base_card: InterventionCard, n_layers: int) -> FitPl
         raise ConfigError(f"eval.shots={cfg.eval.shots} (intervention validation prompts): {err}") from err
     split = {"crossfit": data.crossfit, "fold": data.fold, "derange": deranged, "val_fraction": data.val_fraction}
     card = base_card.with_updates(split=split, intervention={**iv.settings(), "layers": layers, "alpha": 0.0})
-    return FitPlan(fit_pairs, [q for q in queries if q.split == "val"], layers, probe, card, len(val))
+    return FitPlan(fit_pairs, [q for q in queries if q.split == "val"], layers, probe, card, len(val),
+                   written_harm_text(cfg, lexicon.src_lang))
 
 
 def fit_map(base, tokenizer, plan: FitPlan, cfg) -> tuple[Intervention, dict]:
@@ -149,17 +151,33 @@ def choose_alpha(speaker, tokenizer, intervention: Intervention, plan: FitPlan, 
     return rows
 
 
-def harm_text(speaker, tokenizer, cfg, lexicons, spec) -> list[str]:
-    """Validation text in the source language (`tli.eval.base_text`, shared with training runs of this seed), or []
-    when there is no budget (`objective.max_harm=null` or `intervention.val_text=0`)."""
-    if cfg.objective.max_harm is None or cfg.intervention.val_text == 0:
+def written_harm_text(cfg, lang: str) -> list[str]:
+    """The written sentences the harm budget scores (`intervention.harm_text`, as `preserve.val_text`: written,
+    both, or auto where `intervention.harm_file` is given or a sample of `lang` is bundled); [] otherwise."""
+    from tli.eval.base_text import bundled_heldout, written_validation
+
+    iv = cfg.intervention
+    use = iv.harm_text in ("written", "both") or (
+        iv.harm_text == "auto" and (iv.harm_file or bundled_heldout(lang, "validation") is not None))
+    if cfg.objective.max_harm is None or not use:
         return []
+    return written_validation(lang, iv.harm_file, "intervention.harm_file", "intervention.harm_text")
+
+
+def harm_text(speaker, tokenizer, cfg, lexicons, spec, written: list[str]) -> list[str]:
+    """Validation text in the source language for the harm budget: `written` (`written_harm_text`) and/or
+    `intervention.val_text` base-model samples (`tli.eval.base_text`, shared with training runs of this seed; with
+    harm_text samples or both, or without written text); [] when there is no budget (`objective.max_harm=null`)."""
+    iv = cfg.intervention
+    n = iv.val_text if iv.harm_text in ("samples", "both") or not written else 0
+    if cfg.objective.max_harm is None or not n:
+        return [] if cfg.objective.max_harm is None else list(written)
     from tli.eval.base_text import preservation_text
     from tli.model.loading import weights_fingerprint
 
     lang = lexicons.train.src_lang
-    text = preservation_text(speaker, tokenizer, [lang], seed=cfg.seed, n_train=0, n_val=cfg.intervention.val_text,
-                             max_new_tokens=cfg.intervention.max_new_tokens, fingerprint=weights_fingerprint(spec),
-                             cache_dir=spec.cache_dir,
+    text = preservation_text(speaker, tokenizer, [lang], seed=cfg.seed, n_train=0, n_val=n,
+                             max_new_tokens=iv.max_new_tokens, fingerprint=weights_fingerprint(spec),
+                             cache_dir=spec.cache_dir, written={lang: written},
                              fallback={lang: sorted({p.source for p in lexicons.train.pairs})[:32]})
     return text[lang].val

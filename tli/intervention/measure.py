@@ -73,7 +73,7 @@ def fit_and_save(base, speaker, tokenizer, plan: FitPlan, cfg, lexicons, spec, o
     """Fit the map on `base`, choose alpha on `speaker` (the behaviour precision), write `out_dir` (map + card)."""
     intervention, timing = fit_map(base, tokenizer, plan, cfg)
     start = time.perf_counter()
-    text = harm_text(speaker, tokenizer, cfg, lexicons, spec)
+    text = harm_text(speaker, tokenizer, cfg, lexicons, spec, plan.harm_written)
     table = choose_alpha(speaker, tokenizer, intervention, plan, text, cfg)
     chosen = next(r for r in table if r["chosen"])
     intervention = intervention.with_alpha(chosen["alpha"])
