@@ -117,3 +117,15 @@ def test_mean_ci():
     mean, low, high = mean_ci([1.0, 2.0, 3.0])
     assert mean == 2.0 and math.isclose(high - mean, 4.302652729911275 * 1.0 / math.sqrt(3))  # t(0.975, 2)
     assert json.dumps(mean_ci([1.0, float("nan"), 3.0])[0]) == "2.0"  # non-finite values left out
+
+
+def test_labels_of_points_at_one_place_are_stacked_not_overlapping():
+    from tli.eval.front import label_offsets
+
+    anchors, sizes = [(100, 50), (100, 50), (101, 50), (400, 50)], [(60, 10)] * 4
+    offsets = label_offsets(anchors, sizes, gap=5)
+    assert sorted(offsets[:3], reverse=True) == [5, -5, -15] and offsets[3] == 5  # the far one keeps its place
+    boxes = [(x + 5, y + o, x + 65, y + o + 10) for (x, y), o in zip(anchors, offsets, strict=True)]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])

@@ -166,7 +166,6 @@ def plot_front(points: Sequence[RecipePoint], path: str | Path, budget: float | 
                                                                         p.alignment_high, 100)
         ax.errorbar([x], [y], xerr=[[xerr[0]], [xerr[1]]], yerr=[[yerr[0]], [yerr[1]]], fmt="none",
                     ecolor="0.5", elinewidth=1, capsize=3, zorder=1)
-        ax.annotate(p.name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
     markers = {"unseen": ("o", "held-out folds (cross-fitted)"), "control": ("s", "control pairs")}
     for split, (marker, where) in markers.items():
         coloured = [p for p in shown if p.translation is not None and (p.alignment_split or "control") == split]
@@ -198,7 +197,35 @@ def plot_front(points: Sequence[RecipePoint], path: str | Path, budget: float | 
     ax.set_ylabel(f"alignment gain on unseen words ({on or 'n/a'}):\ncentred pool P@1 change{where} (points)")
     ax.grid(alpha=0.3)
     ax.set_title(title or "what each recipe buys (alignment) and costs (harm); bars: 95% CI over runs", fontsize=10)
+    _labels(ax, [(p.name, 100 * p.harm, 100 * p.alignment) for p in shown])
     return save_figure(fig, path)
+
+
+def label_offsets(anchors: Sequence[tuple[float, float]], sizes: Sequence[tuple[float, float]],
+                  gap: float = 6.0) -> list[float]:
+    """Vertical offsets (display units, from `gap` above each anchor downwards) so that no two label boxes overlap:
+    `anchors` are the points in display coordinates, `sizes` the labels' (width, height); boxes start `gap` right
+    of their point. Greedy, highest anchor first."""
+    placed: list[tuple[float, float, float, float]] = []  # x0, y0, x1, y1
+    out = [0.0] * len(anchors)
+    for i in sorted(range(len(anchors)), key=lambda i: (-anchors[i][1], anchors[i][0])):
+        (x, y), (w, h) = anchors[i], sizes[i]
+        offset = gap
+        while any(x + gap < bx1 and bx0 < x + gap + w and y + offset < by1 and by0 < y + offset + h
+                  for bx0, by0, bx1, by1 in placed):
+            offset -= h
+        placed.append((x + gap, y + offset, x + gap + w, y + offset + h))
+        out[i] = offset
+    return out
+
+
+def _labels(ax, labels: Sequence[tuple[str, float, float]], fontsize: int = 8) -> None:
+    """Each recipe's name beside its point, moved down where it would cover another label."""
+    anchors = [tuple(ax.transData.transform((x, y))) for _, x, y in labels]
+    px = fontsize * ax.figure.dpi / 72  # the font size in pixels
+    sizes = [(0.6 * px * len(name), 1.3 * px) for name, _, _ in labels]
+    for (name, x, y), offset in zip(labels, label_offsets(anchors, sizes, gap=0.75 * px), strict=True):
+        ax.annotate(name, (x, y), textcoords="offset pixels", xytext=(0.75 * px, offset), fontsize=fontsize)
 
 
 def _ci(mid, low, high, scale: float = 100, unit: str = "") -> str:
