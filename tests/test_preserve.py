@@ -283,6 +283,7 @@ def test_written_validation_text_is_what_validation_scores(train_cfg, tiny_nf4):
         expected = lm_loss(model, tok, sentences)["nll"]
         nll, change = (result["metrics"][f"val/{key}/{lang}"] for key in ("nll", "nll_change"))
         assert nll / (1 + change) == pytest.approx(expected, rel=1e-5)  # the base model's NLL the change is against
+        assert result["val_text"][lang] == f"{len(sentences)} written sentences"  # what the summaries name
 
 
 @pytest.mark.parametrize("val_text,src_lang,written,samples", [
@@ -300,6 +301,9 @@ def test_validation_text_plan_per_language(train_cfg, val_text, src_lang, writte
     langs = (src_lang, "English")
     assert tuple(len(source.written[lang]) for lang in langs) == written
     assert tuple(source.n_val[lang] for lang in langs) == samples
+    for lang, w, n in zip(langs, written, samples, strict=True):
+        expected = " + ".join([f"{w} written sentences"] * bool(w) + [f"{n} base-model samples"] * bool(n))
+        assert source.described()[lang] == expected
 
 
 def test_bad_written_validation_files_fail_before_weights_load(train_cfg, monkeypatch, tmp_path):

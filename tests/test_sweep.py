@@ -43,7 +43,8 @@ def _csv(sweep) -> list[dict]:
 
 
 def test_the_best_skips_disqualified_jobs(tmp_path):
-    _job(tmp_path, "0", ["optim.lr=1e-3"], _metrics(0.80, 0.010))
+    text_used = {"val_text": {"Swahili": "24 written sentences", "English": "24 written sentences"}}
+    _job(tmp_path, "0", ["optim.lr=1e-3"], _metrics(0.80, 0.010, **text_used))
     _job(tmp_path, "1", ["optim.lr=2e-3"], _metrics(0.95, 0.050))  # the highest alignment, above the budget
     _job(tmp_path, "2", ["optim.lr=5e-4"], _metrics(0.70, 0.001))
     # Against the contract (an objective despite admissible false): still never best.
@@ -59,6 +60,7 @@ def test_the_best_skips_disqualified_jobs(tmp_path):
                                                                                      ("1", "", "", "0.05")]
     text = (tmp_path / "sweep_summary.md").read_text()
     assert "budget (objective.max_harm): 2%" in text
+    assert "validation text (Swahili: 24 written sentences; English: 24 written sentences) over" in text
     assert "Disqualified (harm above the budget, admissible = no, never best): job(s) 1, 3." in text
     assert "| * | 0 | optim.lr=1e-3 | 0.8000 | 0.8000 | +1.00% | yes | * |" in text
     assert "|  | 1 | optim.lr=2e-3 |  | 0.9500 | +5.00% | **no** |" in text

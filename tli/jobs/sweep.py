@@ -42,7 +42,10 @@ def _harm_fields(metrics: dict) -> dict:
     admissible = metrics.get("admissible")
     if admissible is None:  # the budget applied to the recorded harm
         admissible = budget is None or (harm is not None and harm <= budget)
-    return {"alignment": alignment, "harm": harm, "max_harm": budget, "admissible": bool(admissible)}
+    out = {"alignment": alignment, "harm": harm, "max_harm": budget, "admissible": bool(admissible)}
+    if metrics.get("val_text"):  # what the harm was measured on, per language
+        out["val_text"] = "; ".join(f"{lang}: {what}" for lang, what in metrics["val_text"].items())
+    return out
 
 
 def collect(sweep_dir: str | Path) -> list[dict]:
@@ -105,7 +108,9 @@ def _pct(x) -> str:
 
 def _harm_text(rows: list[dict], disqualified: list[dict]) -> str:
     budgets = sorted({r["max_harm"] for r in rows if _number(r.get("max_harm")) is not None})
-    text = ("Harm: val/harm, the relative rise of the NLL of validation text (base-model samples) over the base "
+    texts = sorted({r["val_text"] for r in rows if r.get("val_text")})
+    on = f" ({' | '.join(texts)})" if texts else ""
+    text = (f"Harm: val/harm, the relative rise of the NLL of validation text{on} over the base "
             "model, the larger of the two languages (lower is better); budget (objective.max_harm): "
             + (", ".join(f"{100 * b:g}%" for b in budgets) if budgets else "none") + ".")
     if disqualified:

@@ -224,6 +224,8 @@ def _train(cfg, out: Path, loss, key: str, extra_callbacks, reported: set | None
         if trainer.is_global_zero:
             result.update(export_adapters(trainer, module, out, card, cfg.objective.keep))
             result.update(harm_verdict(result, metrics, cfg.objective.max_harm))
+            if module.harm.text is not None and module.harm.text.validates:
+                result["val_text"] = module.harm.text.described()
             atomic_write_json(out / "metrics.json", result)
             write_audit(lexicons, out / "audit.json")
         return result

@@ -34,8 +34,10 @@ def print_summary(result: dict, cfg, out: Path, seconds: float) -> None:
         budget = result.get("max_harm")
         verdict = "no budget" if budget is None else \
             f"budget {budget:.0%}: {'within' if result.get('admissible') else 'OVER, no objective'}"
-        lines.append("  harm         validation text (base-model samples) NLL change: "
-                     + ", ".join(f"{lang} {v:+.2%}" for lang, v in changes.items()) + f" ({verdict})")
+        text = result.get("val_text") or {}
+        lines.append("  harm         validation text NLL change: "
+                     + ", ".join(f"{lang} {v:+.2%}" + (f" ({text[lang]})" if lang in text else "")
+                                 for lang, v in changes.items()) + f" ({verdict})")
     if not cfg.evaluate:
         lines.append(f"  evaluate it  python evaluate.py {' '.join(evaluate_overrides(cfg))} adapter={out / 'adapter'}")
     print("\n".join(lines))

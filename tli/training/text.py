@@ -30,6 +30,15 @@ class TextSource:
     fallback: dict[str, list[str]] = field(default_factory=dict)  # openers for languages without bundled ones
     written: dict[str, list[str]] | None = None  # written validation sentences per language (preserve.val_text)
 
+    def described(self) -> dict[str, str]:
+        """{language: what its harm is measured on}, e.g. "24 written sentences + 16 base-model samples"."""
+        out = {}
+        for lang in self.langs:
+            n = self.n_val.get(lang, 0) if isinstance(self.n_val, dict) else self.n_val
+            parts = [f"{len(w)} written sentences" for w in [(self.written or {}).get(lang)] if w]
+            out[lang] = " + ".join(parts + ([f"{n} base-model samples"] if n else [])) or "none"
+        return out
+
     @property
     def validates(self) -> bool:
         """Whether there is validation text to score (samples or written sentences)."""
