@@ -86,6 +86,13 @@ def check_disjoint(text: Sequence[str], where: str) -> None:
                             "never be the text the evaluation scores")
 
 
+def wants_written(kind: str, lang: str, path: str | None) -> bool:
+    """Whether validation text of `kind` (`preserve.val_text`, `intervention.harm_text`: auto, samples, written,
+    both) has written sentences in `lang`: written and both always; auto where a file is given or one is bundled."""
+    return kind in ("written", "both") or (kind == "auto" and (bool(path) or bundled_heldout(lang, "validation")
+                                                               is not None))
+
+
 def written_validation(lang: str, path: str | None, key: str, samples_key: str = "preserve.val_text") -> list[str]:
     """Written validation sentences of a language for the harm budget: the UTF-8 file `path` (one sentence per line;
     `key` is the config key that named it, `samples_key` the one that asks for samples instead) or the bundled

@@ -152,14 +152,12 @@ def choose_alpha(speaker, tokenizer, intervention: Intervention, plan: FitPlan, 
 
 
 def written_harm_text(cfg, lang: str) -> list[str]:
-    """The written sentences the harm budget scores (`intervention.harm_text`, as `preserve.val_text`: written,
-    both, or auto where `intervention.harm_file` is given or a sample of `lang` is bundled); [] otherwise."""
-    from tli.eval.base_text import bundled_heldout, written_validation
+    """The written sentences the harm budget scores (`intervention.harm_text`, as `preserve.val_text`:
+    `wants_written`); [] without a budget or without written text."""
+    from tli.eval.base_text import wants_written, written_validation
 
     iv = cfg.intervention
-    use = iv.harm_text in ("written", "both") or (
-        iv.harm_text == "auto" and (iv.harm_file or bundled_heldout(lang, "validation") is not None))
-    if cfg.objective.max_harm is None or not use:
+    if cfg.objective.max_harm is None or not wants_written(iv.harm_text, lang, iv.harm_file):
         return []
     return written_validation(lang, iv.harm_file, "intervention.harm_file", "intervention.harm_text")
 
@@ -169,9 +167,11 @@ def harm_text(speaker, tokenizer, cfg, lexicons, spec, written: list[str]) -> li
     `intervention.val_text` base-model samples (`tli.eval.base_text`, shared with training runs of this seed; with
     harm_text samples or both, or without written text); [] when there is no budget (`objective.max_harm=null`)."""
     iv = cfg.intervention
+    if cfg.objective.max_harm is None:
+        return []
     n = iv.val_text if iv.harm_text in ("samples", "both") or not written else 0
-    if cfg.objective.max_harm is None or not n:
-        return [] if cfg.objective.max_harm is None else list(written)
+    if not n:
+        return list(written)
     from tli.eval.base_text import preservation_text
     from tli.model.loading import weights_fingerprint
 

@@ -20,8 +20,7 @@ from tli.console import interactive
 from tli.data.audit import write_audit
 from tli.data.datamodule import PairDataModule
 from tli.errors import ConfigError, RunDirError
-from tli.eval.base_text import written_validation
-from tli.eval.lm_loss import bundled_heldout
+from tli.eval.base_text import wants_written, written_validation
 from tli.io import atomic_write_json
 from tli.jobs.common import in_multirun, job_started, run_card, run_dir_lock
 from tli.jobs.tracking import lightning_logger
@@ -150,8 +149,7 @@ def harm_settings(cfg, tokenizer, lexicons, key: str) -> Harm:
     validate = cfg.objective.score_text and d.val_fraction > 0
     written, n_val = {}, {}  # per language: written validation sentences (read and checked now), base samples
     for lang, path, side in ((d.src_lang, p.val_src, "src"), (d.tgt_lang, p.val_tgt, "tgt")):
-        auto_samples = p.val_text == "auto" and not path and bundled_heldout(lang, "validation") is None
-        use_written = validate and p.val_text != "samples" and not auto_samples
+        use_written = validate and wants_written(p.val_text, lang, path)
         written[lang] = written_validation(lang, path, f"preserve.val_{side}") if use_written else []
         n_val[lang] = p.n_val_text if validate and (p.val_text in ("samples", "both") or not written[lang]) else 0
     source = TextSource(langs=(d.src_lang, d.tgt_lang), seed=cfg.seed, n_train=p.n_text, n_val=n_val,

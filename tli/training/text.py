@@ -35,8 +35,9 @@ class TextSource:
         out = {}
         for lang in self.langs:
             n = self.n_val.get(lang, 0) if isinstance(self.n_val, dict) else self.n_val
-            parts = [f"{len(w)} written sentences" for w in [(self.written or {}).get(lang)] if w]
-            out[lang] = " + ".join(parts + ([f"{n} base-model samples"] if n else [])) or "none"
+            written = len((self.written or {}).get(lang, []))
+            parts = [f"{written} written sentences"] * bool(written) + [f"{n} base-model samples"] * bool(n)
+            out[lang] = " + ".join(parts) or "none"
         return out
 
     @property
