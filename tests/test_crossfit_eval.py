@@ -5,6 +5,7 @@ adapter; the pooled section holds the stratified tests."""
 import csv
 import json
 
+import numpy as np
 import pytest
 from helpers import FAST_CPU, compose, job_overrides
 
@@ -75,6 +76,15 @@ def test_every_training_word_is_scored_once_as_unseen_by_the_adapter_that_never_
         assert cell["correct"]["n"] == len(unseen) // 2
         assert set(cell["correct"]["strata"]) == {f"fold {f} seed 0" for f in range(K)}
         assert set(cell["per_seed"]) == {"seed 0"} and "same_sign_everywhere" in cell["seed_signs"]
+        assert cell["by_word"]["n_words"] == cell["correct"]["n"]  # each unseen word scored once in one seed
+    for direction, cell in summary["crossfit"]["control"].items():  # every adapter scores the control words
+        ctl = [r for r in control if r["direction"] == direction and r["run"] != "nn_shots"]
+        by = cell["by_word"]
+        assert by["n_words"] == len({r["source"] for r in ctl}) and cell["correct"]["n"] == len(ctl)
+        change = {}
+        for r in ctl:
+            change.setdefault(r["source"], []).append((r["correct_after"] == "True") - (r["correct_before"] == "True"))
+        assert by["mean_change"] == pytest.approx(np.mean([np.mean(v) for v in change.values()]))
     pairs = list(csv.DictReader((tmp_path / "eval" / "pairs.csv").open(encoding="utf-8")))
     assert {r["fold"] for r in pairs} == {str(f) for f in range(K)} and {r["seed"] for r in pairs} == {"0"}
 
@@ -97,6 +107,8 @@ def test_the_report_opens_with_the_behaviour_table(pooled):
     cell = summary["crossfit"]["unseen"]["Swahili->English"]
     assert "| cross-fitted pool | unseen | Swahili->English |" in table
     assert "stratified exact p" in table and "MDE" in table and "| cross-fitted pool | control |" in table
+    w = cell["by_word"]
+    assert f"{w['n_up']} / {w['n_down']} of {w['n_words']} (p = " in table and "word-level p" in table
     assert "| nearest-neighbour shots, no training | unseen |" in table and "| run1 |" not in table.split("NLL")[0]
     acc = f"{cell['accuracy_before']:.3f} → {cell['accuracy_after']:.3f}"
     assert acc in table

@@ -1,9 +1,11 @@
 """Tests for tli.eval.power: stratified McNemar (exact conditional and Mantel-Haenszel) against scipy and hand values,
-seed sign agreement, minimum detectable effects against their formulas and seeded Monte Carlo power, Holm, and
-stratified continuous paired statistics. Strata are named like the cross-fitted design ("fold f seed s")."""
+seed sign agreement, minimum detectable effects against their formulas and seeded Monte Carlo power, Holm,
+stratified continuous paired statistics, and the word-clustered test against an enumeration of every sign pattern.
+Strata are named like the cross-fitted design ("fold f seed s")."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -19,6 +21,7 @@ from tli.eval.power import (
     seed_signs,
     stratified_mcnemar,
     stratified_paired,
+    word_clustered,
 )
 
 Z = sps.norm.ppf(0.975) + sps.norm.ppf(0.8)  # 1.959964 + 0.841621
@@ -220,3 +223,49 @@ def test_stratified_paired_mixed_signs_and_nonfinite():
     assert_plain(res)
     with pytest.raises(ValueError):
         stratified_paired({"s": ([1.0, 2.0], [1.0])})
+
+
+def _sign_flip_p(d: list[float]) -> float:
+    """Two-sided exact sign-flip p of sum(d), enumerated independently of scipy."""
+    obs = abs(sum(d))
+    sums = [abs(sum(s * x for s, x in zip(signs, d, strict=True)))
+            for signs in itertools.product((1, -1), repeat=len(d))]
+    return sum(s >= obs - 1e-12 for s in sums) / len(sums)
+
+
+def test_word_clustered_counts_each_word_once():
+    """The control-word situation: 2 of 23 words lost by all 15 adapters. The pooled test counts 30 discordant pairs
+    (p ~ 2e-9); with the word as the unit it is two words out of two, p = 2 / 4."""
+    words, before, after = [], [], []
+    for _adapter in range(15):
+        for i in range(23):
+            words.append(f"w{i}"), before.append(True), after.append(i >= 2)
+    pooled = stratified_mcnemar({f"fold {a} seed 0": (before[23 * a:23 * a + 23], after[23 * a:23 * a + 23])
+                                 for a in range(15)})
+    assert pooled["exact_p"] == pytest.approx(2 * 0.5 ** 30)
+    w = word_clustered(words, before, after)
+    assert (w["n_words"], w["n_up"], w["n_down"], w["n_same"]) == (23, 0, 2, 21)
+    assert w["p"] == pytest.approx(0.5) and w["exact"]
+    assert w["mean_change"] == pytest.approx(-2 / 23)
+    assert w["down"] == [["w0", -1.0], ["w1", -1.0]] and w["up"] == []
+
+
+def test_word_clustered_matches_an_enumeration_of_sign_patterns():
+    rng = np.random.default_rng(3)
+    words, before, after = [], [], []
+    for i in range(12):  # 12 words, 1-3 scorings each
+        for _ in range(int(rng.integers(1, 4))):
+            words.append(f"w{i}"), before.append(bool(rng.random() < 0.5)), after.append(bool(rng.random() < 0.7))
+    d = {}
+    for w_, b, a in zip(words, before, after, strict=True):
+        d.setdefault(w_, []).append(int(a) - int(b))
+    change = [sum(v) / len(v) for v in d.values()]
+    moved = [x for x in change if x != 0]
+    w = word_clustered(words, before, after)
+    assert w["p"] == pytest.approx(_sign_flip_p(moved)) and w["exact"]
+    assert (w["n_up"], w["n_down"]) == (sum(x > 0 for x in moved), sum(x < 0 for x in moved))
+    assert w["mean_change"] == pytest.approx(np.mean(change))
+    nothing = word_clustered(["a", "a", "b"], [True, False, True], [True, False, True])
+    assert nothing["p"] == 1.0 and nothing["n_same"] == 2 and nothing["down"] == [] == nothing["up"]
+    with pytest.raises(ValueError, match="differ in length"):
+        word_clustered(["a"], [True, False], [True, False])

@@ -13,7 +13,7 @@ from tli.eval.tables import fmt_number, fmt_p, markdown_table
 
 NN = "nearest-neighbour shots, no training"
 COLUMNS = ["source", "split", "direction", "n", "accuracy", "gold log-prob (mean)", "chrF (mean)", "p (accuracy)",
-           "MDE (accuracy)"]
+           "MDE (accuracy)", "words up / down (word-level p)"]
 
 
 def _ba(before, after, low=None, high=None, digits: int = 3) -> str:
@@ -45,7 +45,8 @@ def _run_rows(name: str, translation: dict) -> list[dict]:
                          "gold log-prob (mean)": _graded(graded.get("gold_logprob")),
                          "chrF (mean)": _graded(graded.get("chrf")),
                          "p (accuracy)": f"McNemar {fmt_p(st['mcnemar_p'])}",
-                         "MDE (accuracy)": fmt_number(mde_mcnemar(n, discordance), 3)})
+                         "MDE (accuracy)": fmt_number(mde_mcnemar(n, discordance), 3),
+                         "words up / down (word-level p)": "each word once: as p (accuracy)"})
     return rows
 
 
@@ -64,8 +65,18 @@ def _pooled_rows(pooled: dict, source: str = "cross-fitted pool") -> list[dict]:
                          "chrF (mean)": _graded(cell.get("chrf")),
                          "p (accuracy)": f"stratified exact {fmt_p(c['exact_p'])}"
                                          + (f", Holm {fmt_p(c['holm_p'])}" if "holm_p" in c else "") + f" ({agree})",
-                         "MDE (accuracy)": fmt_number(c["mde"], 3)})
+                         "MDE (accuracy)": fmt_number(c["mde"], 3),
+                         "words up / down (word-level p)": _words(cell.get("by_word"))})
     return rows
+
+
+def _words(w: dict | None) -> str:
+    """"up / down of n words (p)", then the words that fell most (a change concentrated in a few words shows here)."""
+    if not w:
+        return "n/a"
+    fell = ", ".join(f"{word} {d:+.2f}" for word, d in w["down"][:3])
+    return (f"{w['n_up']} / {w['n_down']} of {w['n_words']} ({fmt_p(w['p'])})"
+            + (f"; fell most: {fell}" if fell else ""))
 
 
 def behaviour_table(summary: dict[str, Any]) -> str:
@@ -95,7 +106,9 @@ def behaviour_table(summary: dict[str, Any]) -> str:
     out = ["## Behaviour", "",
            f"Scored in quantization {q}. Accuracy before → after [95% CI of the change]; gold log-prob and chrF: mean "
            "before → after [95% CI of the mean change]. MDE: the smallest accuracy change the test detects at this "
-           "n with power 0.8 (alpha 0.05), from the observed discordance.", ""]
+           "n with power 0.8 (alpha 0.05), from the observed discordance. Words up / down: each word's accuracy change "
+           "averaged over its scorings (seeds; every adapter for the control words) and tested over words (sign-flip "
+           "permutation); the pooled p counts a word once per scoring, this one once.", ""]
     if rows:
         out += [markdown_table(rows, COLUMNS), ""]
     if nll:

@@ -14,7 +14,10 @@ Pooled tests (`pooled_translation`), per split and direction, over the rows of e
   re-score the same words, so the pooled test's n counts each word once per seed; read it with the per-seed tests
   and their sign agreement;
 - graded scores (gold log-probability, chrF, first-token rank where present): `stratified_paired` in the same
-  strata (pooled paired statistics with CIs, Wilcoxon p, per-stratum signs, MDE).
+  strata (pooled paired statistics with CIs, Wilcoxon p, per-stratum signs, MDE);
+- the word as the unit (`word_clustered`, "by_word"): each word's accuracy change averaged over its scorings (its
+  seeds; for the control words, every adapter), tested over words. Where one word flips in every adapter, the
+  pooled tests count it once per adapter and this one once.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 from tli.data.crossfit import fold_split
 from tli.data.lexicon import Lexicon
-from tli.eval.power import seed_signs, stratified_mcnemar, stratified_paired
+from tli.eval.power import seed_signs, stratified_mcnemar, stratified_paired, word_clustered
 
 GRADED = ("gold_logprob", "chrf", "gold_rank")
 
@@ -59,9 +62,9 @@ def mark_rows(rows: Sequence[dict], fold, seed, unseen: bool) -> list[dict]:
 
 def pooled_translation(rows: Sequence[dict], n_boot: int = 10000, seed: int = 0) -> dict[str, Any]:
     """{split: {direction: {"correct": stratified_mcnemar over (fold, seed) strata, "per_seed": {seed:
-    stratified_mcnemar over its folds}, "seed_signs": seed_signs of the per-seed accuracy changes, "accuracy_before" /
-    "accuracy_after" (over all rows), "<graded>": stratified_paired}}} over eval/translation.csv rows of several
-    adapters (those with a fold)."""
+    stratified_mcnemar over its folds}, "seed_signs": seed_signs of the per-seed accuracy changes, "by_word":
+    word_clustered over the query words, "accuracy_before" / "accuracy_after" (over all rows), "<graded>":
+    stratified_paired}}} over eval/translation.csv rows of several adapters (those with a fold)."""
     cells: dict[str, dict[str, list[dict]]] = {}
     for r in rows:
         if r.get("fold") is not None:
@@ -76,6 +79,8 @@ def pooled_translation(rows: Sequence[dict], n_boot: int = 10000, seed: int = 0)
                 by_seed[f"seed {s}"] = stratified_mcnemar(_bools(_strata(own, lambda r: f"fold {r['fold']}")))
             cell = {"correct": stratified_mcnemar(_bools(strata)), "per_seed": by_seed,
                     "seed_signs": seed_signs({k: v["effect"] for k, v in by_seed.items()}),
+                    "by_word": word_clustered([r["source"] for r in rs], [bool(r["correct_before"]) for r in rs],
+                                              [bool(r["correct_after"]) for r in rs], seed=seed),
                     "accuracy_before": sum(bool(r["correct_before"]) for r in rs) / len(rs),
                     "accuracy_after": sum(bool(r["correct_after"]) for r in rs) / len(rs)}
             for score in GRADED:

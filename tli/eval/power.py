@@ -22,6 +22,11 @@ give correlated strata, and pooling them overstates n. Report those per seed and
 * `holm_table`: Holm's step-down adjustment of named p-values (`tli.eval.stats.holm`).
 * `stratified_paired`: pooled paired statistics of continuous scores (`tli.eval.stats.paired_stats`) with the
   per-stratum mean change, its sign, and the MDE.
+* `word_clustered`: the same accuracy change with the word as the unit. Strata that re-score the same words (seeds;
+  the control words, scored by every adapter) are not independent: one word that flips in every adapter counts
+  once per adapter in the pooled tests. Here each word's change is its mean over its scorings, and the p-value is
+  the sign-flip permutation test of the mean change over words (exact up to 2^13 sign patterns, else 10,000 random
+  ones; `scipy.stats.permutation_test`).
 
 All results are JSON-friendly (Python int / float / bool / None / str). Non-finite inputs never raise: the pair is
 dropped and counted in `n_nonfinite`. This module imports numpy and scipy only (its `tli.eval.stats` helpers import
@@ -199,4 +204,33 @@ def stratified_paired(strata: Mapping[str, tuple[Sequence[float], Sequence[float
     sd = float((fa - fb).std(ddof=1)) if fb.size >= 2 else None
     out["sd_diff"] = sd
     out["mde"] = mde_paired(sd, out["n"], alpha=alpha, power=power) if sd is not None else None
+    return out
+
+
+def word_clustered(words: Sequence[str], before: Sequence[bool], after: Sequence[bool], n_resamples: int = 10000,
+                   seed: int = 0, n_listed: int = 5) -> dict[str, Any]:
+    """The accuracy change with the word as the unit: d_w = mean(after) - mean(before) over the rows of word w.
+
+    Keys: n_words, n_up / n_down / n_same (words whose d_w is > 0, < 0, 0), mean_change (mean d_w over words),
+    p (two-sided sign-flip permutation test of mean d_w: under H0 before and after are exchangeable within a word, so
+    each d_w is symmetric about 0; 1.0 when no word changed), exact (whether every sign pattern was enumerated),
+    down / up ([word, d_w] of the n_listed words that fell or rose most)."""
+    if not len(words) == len(before) == len(after):
+        raise ValueError(f"words, before and after differ in length ({len(words)}, {len(before)}, {len(after)})")
+    by: dict[str, list[float]] = {}
+    for w, b, a in zip(words, before, after, strict=True):
+        by.setdefault(w, []).append(float(bool(a)) - float(bool(b)))
+    change = {w: float(np.mean(v)) for w, v in by.items()}
+    moved = np.array([d for d in change.values() if d != 0.0])  # (n_moved,); unmoved words add nothing to any flip
+    out: dict[str, Any] = {"n_words": len(change), "n_up": int((moved > 0).sum()), "n_down": int((moved < 0).sum()),
+                           "n_same": len(change) - int(moved.size),
+                           "mean_change": float(np.mean(list(change.values()))) if change else None,
+                           "p": 1.0, "exact": True}
+    if moved.size:
+        res = sps.permutation_test((moved,), np.sum, permutation_type="samples", n_resamples=n_resamples,
+                                   alternative="two-sided", rng=np.random.default_rng(seed), vectorized=True)
+        out["p"], out["exact"] = float(min(1.0, res.pvalue)), bool(2 ** moved.size <= n_resamples)
+    ranked = sorted(change.items(), key=lambda kv: kv[1])
+    out["down"] = [[w, d] for w, d in ranked[:n_listed] if d < 0]
+    out["up"] = [[w, d] for w, d in reversed(ranked[-n_listed:]) if d > 0]
     return out
