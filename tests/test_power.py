@@ -265,6 +265,8 @@ def test_word_clustered_matches_an_enumeration_of_sign_patterns():
     assert w["p"] == pytest.approx(_sign_flip_p(moved)) and w["exact"]
     assert (w["n_up"], w["n_down"]) == (sum(x > 0 for x in moved), sum(x < 0 for x in moved))
     assert w["mean_change"] == pytest.approx(np.mean(change))
+    one = word_clustered(["a", "a", "b"], [True, False, True], [True, True, True])  # one word moved (scipy needs 2)
+    assert one["p"] == pytest.approx(_sign_flip_p([0.5])) == 1.0 and (one["n_up"], one["n_down"]) == (1, 0)
     nothing = word_clustered(["a", "a", "b"], [True, False, True], [True, False, True])
     assert nothing["p"] == 1.0 and nothing["n_same"] == 2 and nothing["down"] == [] == nothing["up"]
     with pytest.raises(ValueError, match="differ in length"):

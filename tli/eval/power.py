@@ -226,7 +226,7 @@ def word_clustered(words: Sequence[str], before: Sequence[bool], after: Sequence
                            "n_same": len(change) - int(moved.size),
                            "mean_change": float(np.mean(list(change.values()))) if change else None,
                            "p": 1.0, "exact": True}
-    if moved.size:
+    if moved.size >= 2:  # one moved word: its two sign patterns are equally extreme, p = 1
         res = sps.permutation_test((moved,), np.sum, permutation_type="samples", n_resamples=n_resamples,
                                    alternative="two-sided", rng=np.random.default_rng(seed), vectorized=True)
         out["p"], out["exact"] = float(min(1.0, res.pvalue)), bool(2 ** moved.size <= n_resamples)
