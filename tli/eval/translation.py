@@ -109,8 +109,9 @@ def _sides(pair: Pair, direction: str) -> tuple[str, str]:
 
 
 def build_queries(splits: Mapping[str, Lexicon], *, k: int = 5, seed: int = 0,
-                  directions: Sequence[str] = DIRECTIONS) -> list[Query]:
-    """One query per distinct word of each split and direction, with its shots (rule in the module docstring)."""
+                  directions: Sequence[str] = DIRECTIONS, scored: Sequence[str] | None = None) -> list[Query]:
+    """One query per distinct word of each split and direction, with its shots (rule in the module docstring);
+    `scored` names the splits that get queries (default: all; the others only give shots)."""
     if k < 0:
         raise ValueError(f"number of shots k={k} must be >= 0")
     lexicons = list(splits.values())
@@ -130,6 +131,8 @@ def build_queries(splits: Mapping[str, Lexicon], *, k: int = 5, seed: int = 0,
             q, a = _sides(p, direction)
             groups.setdefault(fold_q(q), []).append((q, a))
         for split, lex in splits.items():
+            if scored is not None and split not in scored:
+                continue
             pool = [_sides(p, direction) for name, other in splits.items() if name != split for p in other.pairs]
             if k and not pool:
                 raise DataError(f"split {split!r} needs shots from another split; got only {list(splits)}")

@@ -34,6 +34,7 @@ from tli.training.module import Harm, TLIModule
 from tli.training.resume import GracefulStop, RunSettings, check_resume_settings, resolve_ckpt_path
 from tli.training.text import TextSource
 from tli.training.translation_lm import translation_batch
+from tli.training.val_translation import ValidationTranslation
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ def validate(cfg) -> tuple:
     align = loss.options
     if not (align.weight or align.translation_lm):
         raise ConfigError("loss.weight=0 and loss.translation_lm=0: nothing to train (give either a weight > 0)")
+    if cfg.objective.translates and cfg.data.val_fraction == 0:
+        raise ConfigError(f"objective.metric={cfg.objective.metric} / objective.score_translation: validation "
+                          "translation needs validation pairs; data.val_fraction=0 leaves none")
     if cfg.train.schedule == "alternate" and not cfg.preserve.active:
         raise ConfigError("train.schedule=alternate alternates alignment and preservation steps: set preserve.kl or "
                           "preserve.retain > 0, or use train.schedule=sum")
@@ -198,8 +202,13 @@ def _train(cfg, out: Path, loss, key: str, extra_callbacks, reported: set | None
                     preserve={**asdict(cfg.preserve), "schedule": cfg.train.schedule})
     settings = run_settings(cfg, card)
     changed = check_resume_settings(ckpt, ckpt_path, settings, cfg.train.allow_changes) if ckpt else {}
+    o = cfg.objective
+    translation = ValidationTranslation.for_run(lexicons.train, cfg.data, cfg.seed, tokenizer=tokenizer,
+                                                direction=o.translation_direction, shots=o.translation_shots) \
+        if o.translates else None
     module = TLIModule(spec, probe, cfg.lora, loss, cfg.optim, cfg.train, cfg.metrics, hparams=settings,
-                       preserve=cfg.preserve, harm=harm_settings(cfg, tokenizer, lexicons, key))
+                       preserve=cfg.preserve, harm=harm_settings(cfg, tokenizer, lexicons, key),
+                       translation=translation)
     logger = lightning_logger(cfg.logger, asdict(cfg), out)
     stop = GracefulStop(ckpt_dir)
     try:

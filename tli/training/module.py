@@ -12,6 +12,7 @@ trainable tensors plus optimizer, scheduler, loop, loader and RNG state (and the
 base. With validation text (`objective.score_text`), every validation also scores the base model's samples:
 `val/nll/<lang>`, `val/nll_change/<lang>` (relative to the base model on the same text) and `val/harm` (the larger
 change); with `objective.max_harm`, `val/objective` is the objective where harm is within the budget, else -inf.
+With a translation objective (tli.training.val_translation), every validation also translates the validation pairs.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from tli.training.objective import SCHEDULES, AlignOptions, RunningCentre, activ
 from tli.training.optim import OptimConfig, Schedule
 from tli.training.preserve import PreserveConfig, forward_text, kl_cached, kl_live, retain_distance
 from tli.training.text import PreservationText, TextSource
+from tli.training.val_translation import ValidationTranslation
 
 
 @dataclass
@@ -63,7 +65,8 @@ class Harm:
 class TLIModule(L.LightningModule):
     def __init__(self, model: ModelSpec, probe: Probe, lora: LoraConfig, loss: ContrastiveLoss, optim: OptimConfig,
                  options: TrainConfig | None = None, metrics: MetricsConfig | None = None,
-                 hparams: dict | None = None, preserve: PreserveConfig | None = None, harm: Harm | None = None):
+                 hparams: dict | None = None, preserve: PreserveConfig | None = None, harm: Harm | None = None,
+                 translation: ValidationTranslation | None = None):
         super().__init__()
         self.spec, self.probe, self.lora_spec, self.optim_cfg = model, probe, lora, optim
         self.options, self.metric_options = options or TrainConfig(), metrics or MetricsConfig()
@@ -76,6 +79,7 @@ class TLIModule(L.LightningModule):
         self.loss_fn = loss
         self.align = getattr(loss, "options", None) or AlignOptions()
         self.preserve, self.harm = preserve or PreserveConfig(), harm or Harm()
+        self.val_translation = translation  # validation pairs translated every validation (objective.*)
         self.centre = RunningCentre(self.align.centre_momentum)
         self.text: PreservationText | None = None
         self.backbone = None
@@ -255,6 +259,8 @@ class TLIModule(L.LightningModule):
             for slot, layer in enumerate(self.eval_layers):
                 values = alignment(s[slot], t[slot], gold, self.metric_options)
                 logged.update({metric_key("val", name, layer, centred): float(values[name]) for name in METRICS})
+        if self.val_translation is not None:
+            logged.update(self.val_translation.score(self.backbone))
         logged.update(self.harm_figures(logged))
         if self.trainer.sanity_checking:  # before any step: with num_sanity_val_steps=-1, the base model's figures
             self.before_training = logged
