@@ -30,9 +30,9 @@ from tli.model.card import AdapterCard
 from tli.model.loading import check_layer, load_config, load_tokenizer, num_layers, weights_fingerprint
 from tli.training.checkpoints import AtomicCheckpointIO, checkpoint_callbacks
 from tli.training.losses import build_loss
-from tli.training.module import Harm, TLIModule
+from tli.training.module import TLIModule
 from tli.training.resume import GracefulStop, RunSettings, check_resume_settings, resolve_ckpt_path
-from tli.training.text import TextSource
+from tli.training.text import Harm, TextSource
 from tli.training.translation_lm import translation_batch
 from tli.training.val_translation import ValidationTranslation
 

@@ -18,7 +18,7 @@ With a translation objective (tli.training.val_translation), every validation al
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import lightning as L
 import torch
@@ -34,7 +34,7 @@ from tli.training.losses import ContrastiveLoss
 from tli.training.objective import SCHEDULES, AlignOptions, RunningCentre, active_groups
 from tli.training.optim import OptimConfig, Schedule
 from tli.training.preserve import PreserveConfig, forward_text, kl_cached, kl_live, retain_distance
-from tli.training.text import PreservationText, TextSource
+from tli.training.text import Harm, PreservationText
 from tli.training.val_translation import ValidationTranslation
 
 
@@ -50,16 +50,6 @@ class TrainConfig:
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"train.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
-
-
-@dataclass
-class Harm:
-    """What validation text is scored for (`objective.score_text`) and the budget (`objective.max_harm`)."""
-
-    text: TextSource | None = None
-    objective_key: str | None = None
-    max_harm: float | None = None
-    tokenizer: object = field(default=None, repr=False)
 
 
 class TLIModule(L.LightningModule):
@@ -261,27 +251,13 @@ class TLIModule(L.LightningModule):
                 logged.update({metric_key("val", name, layer, centred): float(values[name]) for name in METRICS})
         if self.val_translation is not None:
             logged.update(self.val_translation.score(self.backbone))
-        logged.update(self.harm_figures(logged))
+        logged.update(self.harm.figures(self.text, self.backbone, logged))
         if self.trainer.sanity_checking:  # before any step: with num_sanity_val_steps=-1, the base model's figures
             self.before_training = logged
         # equal on every process (each saw the whole set); synced so that checkpointing agrees
         self.log_dict(logged, sync_dist=True, add_dataloader_idx=False)
         self.last_validation = logged  # saved with the checkpoint written after this validation
         self._val, self._centring = [], {"src": [], "tgt": []}
-
-    def harm_figures(self, logged: dict) -> dict[str, float]:
-        """val/nll/<lang>, val/nll_change/<lang> and val/harm on the validation text; val/objective under a budget."""
-        out: dict[str, float] = {}
-        if self.text is None or not self.text.base_nll:
-            return out
-        for lang, nll in self.text.nll(self.backbone).items():
-            base = self.text.base_nll[lang]
-            out[f"val/nll/{lang}"], out[f"val/nll_change/{lang}"] = nll, nll / base - 1 if base > 0 else 0.0
-        out["val/harm"] = max(v for k, v in out.items() if k.startswith("val/nll_change/"))
-        if self.harm.max_harm is not None and self.harm.objective_key in logged:
-            within = out["val/harm"] <= self.harm.max_harm
-            out["val/objective"] = logged[self.harm.objective_key] if within else float("-inf")
-        return out
 
     # ---- optimisation ----------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -113,3 +113,28 @@ class PreservationText:
         """Token-weighted mean NLL (nats/token) of each language's validation sentences."""
         return {lang: lm_loss(model, self.tokenizer, sentences)["nll"] for lang, sentences in self.val.items()
                 if sentences}
+
+
+@dataclass
+class Harm:
+    """What validation text is scored for (`objective.score_text`) and the budget (`objective.max_harm`)."""
+
+    text: TextSource | None = None
+    objective_key: str | None = None
+    max_harm: float | None = None
+    tokenizer: object = field(default=None, repr=False)
+
+    def figures(self, text: PreservationText | None, model, logged: dict) -> dict[str, float]:
+        """val/nll/<lang>, val/nll_change/<lang> (relative to the base model) and val/harm (the larger change) of
+        `model` on the validation text; under a budget, val/objective: `logged`'s objective, or -inf above it."""
+        out: dict[str, float] = {}
+        if text is None or not text.base_nll:
+            return out
+        for lang, nll in text.nll(model).items():
+            base = text.base_nll[lang]
+            out[f"val/nll/{lang}"], out[f"val/nll_change/{lang}"] = nll, nll / base - 1 if base > 0 else 0.0
+        out["val/harm"] = max(v for k, v in out.items() if k.startswith("val/nll_change/"))
+        if self.max_harm is not None and self.objective_key in logged:
+            within = out["val/harm"] <= self.max_harm
+            out["val/objective"] = logged[self.objective_key] if within else float("-inf")
+        return out
