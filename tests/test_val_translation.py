@@ -6,10 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
-from helpers import FAST_CPU, ROOT
+import torch
+from helpers import FAST_CPU, ROOT, compose
+from safetensors.torch import load_file
 
 from tli.data.config import DataConfig, load_lexicons
 from tli.data.datamodule import split_pairs
@@ -147,3 +149,27 @@ def test_rescoring_finished_runs_reproduces_what_training_logged_and_applies_the
 def test_rescoring_refuses_a_directory_that_is_not_a_finished_run(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert f"{tmp_path} is not a finished training run" in capsys.readouterr().err
+
+
+def test_scoring_translation_at_validation_leaves_training_unchanged(train_cfg, tmp_path):
+    """Greedy generation between epochs draws no random numbers: the same adapter with and without it (dropout on)."""
+    settings = ["trainer.max_epochs=2", "lora.dropout=0.1", "optim.lr=0.05", "objective.max_harm=null"]
+    train_job(train_cfg(*settings, out=tmp_path / "plain"))
+    train_job(train_cfg(*settings, "objective.score_translation=true", "objective.translation_shots=2",
+                        out=tmp_path / "scored"))
+    a, b = (load_file(tmp_path / d / "adapter" / "adapter_model.safetensors") for d in ("plain", "scored"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    assert "val/translation/accuracy" in json.loads((tmp_path / "scored" / "metrics.json").read_text())["metrics"]
+
+
+def test_the_translation_preset_is_gemma_ko_with_the_translation_term_and_objective():
+    base, chosen = (asdict(compose("train", [f"experiment={e}", "paths.output_dir=unused"]))
+                    for e in ("gemma_ko", "gemma_ko_translation"))
+    assert chosen["loss"]["translation_lm"] == 1 and chosen["loss"]["centred"] is False
+    assert chosen["objective"]["metric"] == "translation" and chosen["objective"]["max_harm"] == 0.02
+    for section in ("model", "preserve", "optim", "data", "lora", "trainer"):
+        assert chosen[section] == base[section], section
+    differ = {k for k in base["loss"] if base["loss"][k] != chosen["loss"][k]}
+    assert differ == {"translation_lm", "centred"}
