@@ -57,7 +57,7 @@ def score_runs(runs: list[Path], *, direction: str = "forward", shots: int = 5) 
         cfg, metrics = run_config(run), json.loads((run / "metrics.json").read_text())
         spec = cfg.model.loading()
         if repr(spec) not in models:
-            models[repr(spec)] = load_model(spec, device="cpu")
+            models[repr(spec)] = load_model(spec)  # a GPU when there is one
         model, tokenizer = models[repr(spec)]
         lexicon = load_lexicons(cfg.data, with_control=False).train
         vt = ValidationTranslation.for_run(lexicon, cfg.data, cfg.seed, direction=direction, shots=shots,
