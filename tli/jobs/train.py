@@ -55,9 +55,6 @@ def validate(cfg) -> tuple:
     align = loss.options
     if not (align.weight or align.translation_lm):
         raise ConfigError("loss.weight=0 and loss.translation_lm=0: nothing to train (give either a weight > 0)")
-    if cfg.objective.translates and cfg.data.val_fraction == 0:
-        raise ConfigError(f"objective.metric={cfg.objective.metric} / objective.score_translation: validation "
-                          "translation needs validation pairs; data.val_fraction=0 leaves none")
     if cfg.train.schedule == "alternate" and not cfg.preserve.active:
         raise ConfigError("train.schedule=alternate alternates alignment and preservation steps: set preserve.kl or "
                           "preserve.retain > 0, or use train.schedule=sum")

@@ -29,13 +29,13 @@ def print_summary(result: dict, cfg, out: Path, seconds: float) -> None:
     if rows:
         where = f"index {k} = target = last" if k == n_layers else f"index {k} = target, {n_layers} = last"
         lines.append(f"  validation   ({result['n_val_pairs']} held-out pairs; {where}) " + "; ".join(rows))
-    acc, logprob = (metrics.get(f"val/translation/{name}") for name in ("accuracy", "gold_logprob"))
-    if acc is not None:
-        o = cfg.objective
-        was = [f"{before[f'val/translation/{name}']:.3f} -> " if f"val/translation/{name}" in before else ""
-               for name in ("accuracy", "gold_logprob")]
+    if "val/translation/accuracy" in metrics:
+        o, shown = cfg.objective, []
+        for name, label in (("accuracy", "accuracy"), ("gold_logprob", "gold log-prob")):
+            key = f"val/translation/{name}"
+            shown.append(f"{label} {f'{before[key]:.3f} -> ' if key in before else ''}{metrics[key]:.3f}")
         lines.append(f"  translation  ({o.translation_direction}, {o.translation_shots} shots, validation pairs) "
-                     f"accuracy {was[0]}{acc:.3f}; gold log-prob {was[1]}{logprob:.3f}")
+                     + "; ".join(shown))
     changes = {k.split("/", 2)[2]: v for k, v in metrics.items() if k.startswith("val/nll_change/") and v is not None}
     if changes:
         budget = result.get("max_harm")

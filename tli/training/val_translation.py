@@ -41,7 +41,7 @@ class ValidationTranslation:
         train, val, _ = split_pairs(lexicon, replace(data, derange=False), seed)
         if not val:
             raise ConfigError("objective.metric / objective.score_translation: validation translation needs "
-                              f"validation pairs, and data.val_fraction={data.val_fraction} leaves none")
+                              f"validation pairs; data.val_fraction={data.val_fraction} leaves none")
         splits = {"validation": replace(lexicon, pairs=val, dropped=[]),
                   "shots": replace(lexicon, pairs=train, dropped=[])}
         queries = build_queries(splits, k=shots, seed=seed, directions=[direction], scored=["validation"])
