@@ -64,3 +64,27 @@ def test_the_schedule_equals_transformers_and_extends_continuously():
         schedule.extend(40, 8)
         assert schedule(8) == at and schedule(7) == reference(7)
         assert schedule(40) == (at if name == "constant_with_warmup" else 0.0)
+
+
+def _drop_saved_setting(ckpt_file, section: str, key: str) -> None:
+    """Make the checkpoint look as if written before `section.key` existed."""
+    import torch
+
+    ckpt = torch.load(ckpt_file, weights_only=True)
+    settings = next(s["settings"] for name, s in ckpt["callbacks"].items() if name.endswith("RunSettings"))
+    del settings[section][key]
+    torch.save(ckpt, ckpt_file)
+
+
+def test_a_checkpoint_older_than_a_setting_resumes_when_the_setting_is_at_its_default(train_cfg, tmp_path):
+    with pytest.raises(SimulatedCrash):
+        train_job(train_cfg(*STEPS), extra_callbacks=[CrashAt(3)])
+    for ckpt_file in (tmp_path / "checkpoints").glob("*.ckpt"):
+        _drop_saved_setting(ckpt_file, "objective", "translation_shots")
+    # a value other than the default is a change, named with the checkpoint's side absent
+    with pytest.raises(ConfigError, match=r"changed settings \(objective.translation_shots: None -> 2\)"):
+        train_job(train_cfg(*STEPS, "ckpt_path=last", "objective.translation_shots=2"))
+    result = train_job(train_cfg(*STEPS, "ckpt_path=last"))  # at the default: resumes, nothing recorded as changed
+    assert result["global_step"] == 6
+    card = json.loads((tmp_path / "adapter" / "tli_adapter.json").read_text())
+    assert card["resumed_with_changes"] == {}

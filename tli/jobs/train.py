@@ -6,7 +6,7 @@ import inspect
 import logging
 import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import MISSING, asdict, fields, is_dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from tli.console import interactive
 from tli.data.audit import write_audit
+from tli.data.config import DataConfig
 from tli.data.datamodule import PairDataModule
 from tli.errors import ConfigError, RunDirError
 from tli.eval.base_text import wants_written, written_validation
@@ -28,10 +29,13 @@ from tli.jobs.train_summary import in_short, print_summary
 from tli.model.adapter import save_adapter
 from tli.model.card import AdapterCard
 from tli.model.loading import check_layer, load_config, load_tokenizer, num_layers, weights_fingerprint
-from tli.training.checkpoints import AtomicCheckpointIO, checkpoint_callbacks
+from tli.training.checkpoints import AtomicCheckpointIO, ObjectiveConfig, checkpoint_callbacks
 from tli.training.losses import build_loss
-from tli.training.module import TLIModule
-from tli.training.resume import GracefulStop, RunSettings, check_resume_settings, resolve_ckpt_path
+from tli.training.module import TLIModule, TrainConfig
+from tli.training.objective import AlignOptions
+from tli.training.optim import OptimConfig
+from tli.training.preserve import PreserveConfig
+from tli.training.resume import GracefulStop, RunSettings, check_resume_settings, flat_settings, resolve_ckpt_path
 from tli.training.text import Harm, TextSource
 from tli.training.translation_lm import translation_batch
 from tli.training.val_translation import ValidationTranslation
@@ -121,6 +125,21 @@ def run_settings(cfg, card) -> dict:
             "trainer": {k: cfg.trainer.get(k) for k in OPTIMISATION_TRAINER_KEYS}}
 
 
+def default_settings() -> dict:
+    """The defaults of the run settings' sections, flat (`loss.centred` -> False): what a checkpoint written before
+    a key existed ran with (`check_resume_settings`)."""
+    def default(f):
+        value = f.default if f.default is not MISSING else f.default_factory()
+        return asdict(value) if is_dataclass(value) else value
+
+    sections = {"loss": AlignOptions, "optim": OptimConfig, "train": TrainConfig, "preserve": PreserveConfig,
+                "objective": ObjectiveConfig, "data": DataConfig}
+    tree = {name: {f.name: default(f) for f in fields(cls) if f.default is not MISSING or f.default_factory is not
+                   MISSING} for name, cls in sections.items()}
+    tree["preserve"]["schedule"] = TrainConfig.schedule
+    return flat_settings(tree)
+
+
 def train_job(cfg, extra_callbacks=()) -> dict:
     """Train from a typed config (`tli.config.TLIConfig`); returns the final metrics (also in metrics.json)."""
     out = Path(cfg.paths.output_dir)
@@ -198,7 +217,8 @@ def _train(cfg, out: Path, loss, key: str, extra_callbacks, reported: set | None
     card = run_card(cfg, lexicons, lora=asdict(cfg.lora), loss=loss.settings, split=split,
                     preserve={**asdict(cfg.preserve), "schedule": cfg.train.schedule})
     settings = run_settings(cfg, card)
-    changed = check_resume_settings(ckpt, ckpt_path, settings, cfg.train.allow_changes) if ckpt else {}
+    changed = check_resume_settings(ckpt, ckpt_path, settings, cfg.train.allow_changes,
+                                    default_settings()) if ckpt else {}
     o = cfg.objective
     translation = ValidationTranslation.for_run(lexicons.train, cfg.data, cfg.seed, tokenizer=tokenizer,
                                                 direction=o.translation_direction, shots=o.translation_shots) \

@@ -74,9 +74,10 @@ def resolve_ckpt_path(ckpt_path: str | None, ckpt_dir: Path) -> tuple[str | None
     return str(path), read_checkpoint(path)
 
 
-def _flat(tree, prefix: str = "") -> dict:
+def flat_settings(tree, prefix: str = "") -> dict:
+    """A nested settings dict as {'section.key': value}."""
     if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+        return {k: v for key, sub in tree.items() for k, v in flat_settings(sub, f"{prefix}{key}.").items()}
     return {prefix[:-1]: tree}
 
 
@@ -100,15 +101,22 @@ class RunSettings(Callback):
         return None
 
 
-def check_resume_settings(ckpt: dict, path: str, settings: dict, allow: bool) -> dict:
+def check_resume_settings(ckpt: dict, path: str, settings: dict, allow: bool, defaults: dict | None = None) -> dict:
     """Refuse to resume with settings that differ from the checkpoint's (they would apply from the middle of the run
-    while the outputs would record them as the run's); with `allow`, return them for the record."""
+    while the outputs would record them as the run's); with `allow`, return them for the record.
+
+    `defaults` (flat, `section.key` -> value): a setting that the checkpoint does not record (it was written before
+    the key existed) is unchanged if the run leaves it at this default: every new key's default keeps the old
+    behaviour."""
     saved = RunSettings.saved(ckpt)
     if saved is None:
         raise CheckpointError(f"checkpoint {path} records no run settings (written by another tli version?): "
                               "resume is refused, as the settings could not be compared")
-    old, new = _flat(saved), _flat(settings)
-    changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new))
+    old, new, defaults = flat_settings(saved), flat_settings(settings), defaults or {}
+    added = {k for k in set(new) - set(old) if k in defaults and new[k] == defaults[k]}
+    if added:
+        log.info("resuming %s: settings it predates, at their defaults: %s", path, ", ".join(sorted(added)))
+    changed = {k: [old.get(k), new.get(k)] for k in sorted((set(old) | set(new)) - added)
                if old.get(k) != new.get(k) and k not in FREE_TO_CHANGE}
     if changed and not allow:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:6])
