@@ -106,8 +106,8 @@ def check_resume_settings(ckpt: dict, path: str, settings: dict, allow: bool, de
     while the outputs would record them as the run's); with `allow`, return them for the record.
 
     `defaults` (flat, `section.key` -> value): a setting that the checkpoint does not record (it was written before
-    the key existed) is unchanged if the run leaves it at this default: every new key's default keeps the old
-    behaviour."""
+    the key existed) is unchanged if the run leaves it at this default: new keys default to what older runs did
+    (README, Training: the one exception, preserve.val_text)."""
     saved = RunSettings.saved(ckpt)
     if saved is None:
         raise CheckpointError(f"checkpoint {path} records no run settings (written by another tli version?): "
