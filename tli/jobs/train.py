@@ -136,8 +136,13 @@ def default_settings() -> dict:
                 "objective": ObjectiveConfig, "data": DataConfig}
     tree = {name: {f.name: default(f) for f in fields(cls) if f.default is not MISSING or f.default_factory is not
                    MISSING} for name, cls in sections.items()}
-    tree["preserve"]["schedule"] = TrainConfig.schedule
+    tree["preserve"] = card_preserve(tree["preserve"], TrainConfig.schedule)
     return flat_settings(tree)
+
+
+def card_preserve(preserve: dict, schedule: str) -> dict:
+    """The card's `preserve` settings: the preserve.* keys and the step schedule they run on."""
+    return {**preserve, "schedule": schedule}
 
 
 def train_job(cfg, extra_callbacks=()) -> dict:
@@ -215,7 +220,7 @@ def _train(cfg, out: Path, loss, key: str, extra_callbacks, reported: set | None
     d = cfg.data
     split = {"crossfit": d.crossfit, "fold": d.fold, "derange": d.derange, "val_fraction": d.val_fraction}
     card = run_card(cfg, lexicons, lora=asdict(cfg.lora), loss=loss.settings, split=split,
-                    preserve={**asdict(cfg.preserve), "schedule": cfg.train.schedule})
+                    preserve=card_preserve(asdict(cfg.preserve), cfg.train.schedule))
     settings = run_settings(cfg, card)
     changed = check_resume_settings(ckpt, ckpt_path, settings, cfg.train.allow_changes,
                                     default_settings()) if ckpt else {}
