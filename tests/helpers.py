@@ -17,6 +17,8 @@ TEST_DEFAULTS = ("model=tiny", "data=sw_en")
 # The fast CPU run every training test starts from (conf/debug/test.yaml: CPU, one epoch, no sanity validation, a
 # log line every step, no progress bars, no logger). A test's own `debug=X` is added to it: `debug=[test,X]`.
 FAST_CPU = "debug=test"
+# What debug=test turns off for speed, for the tests of the harm budget: validation text scored, the default budget.
+HARM_TEXT = ("objective.score_text=true", "objective.max_harm=0.02")
 
 
 def fast_cpu(overrides) -> list[str]:

@@ -41,7 +41,7 @@ def pooled(folds, tmp_path_factory, tiny_dir, small_lexicons):
     out = tmp_path_factory.mktemp("pooled")
     summary = evaluate_job(compose("evaluate", [*job_overrides(out, tiny_dir, small_lexicons), "eval.n_boot=500",
                                                 f"adapter=[{','.join(map(str, folds))}]", "eval.translation=true",
-                                                "eval.layers=[32]", "eval.behaviour_quantization=nf4"]))
+                                                "eval.layers=[32]"]))
     return summary, out
 
 
@@ -114,7 +114,7 @@ def test_the_report_opens_with_the_behaviour_table(pooled):
     assert acc in table
     assert cell["accuracy_before"] == pytest.approx(
         sum(r["correct_before"] for r in _rows(tmp_path, "unseen", "Swahili->English")) / cell["correct"]["n"])
-    assert "NLL (nats/token)" in table and "quantization nf4" in table
+    assert "NLL (nats/token)" in table and "Scored in quantization none." in table  # the default: full precision
 
 
 def _rows(tmp_path, split, direction):
@@ -137,7 +137,7 @@ def test_recipes_are_compared_on_the_same_queries(folds, tiny_dir, small_lexicon
         nulls.append(run / "adapter")
     summary = evaluate_job(eval_cfg(f"+adapters.tli=[{','.join(map(str, folds))}]",
                                     f"+adapters.deranged=[{','.join(map(str, nulls))}]", "eval.translation=true",
-                                    "eval.lm_loss=false", "eval.layers=[32]", "eval.behaviour_quantization=nf4",
+                                    "eval.lm_loss=false", "eval.layers=[32]",
                                     out=tmp_path / "e"))
     assert set(summary["recipes"]) == {"tli", "deranged"} and "crossfit" not in summary
     assert summary["recipes"]["tli"]["runs"] == ["tli/0", "tli/1", "tli/2"]

@@ -42,7 +42,7 @@ def test_the_null_scores_the_adapters_queries(tmp_path, tiny_dir, small_lexicons
     train_job(compose("train", [FAST_CPU, *job_overrides(run, tiny_dir, small_lexicons), "data.batch_size=8",
                                 "data.val_fraction=0.25", "lora.r=4", "debug=fdr"]))
     summary = evaluate_job(eval_cfg(f"adapter={run / 'adapter'}", "eval.translation=true", "eval.lm_loss=false",
-                                    "eval.layers=[32]", "eval.behaviour_quantization=nf4", out=tmp_path / "e"))
+                                    "eval.layers=[32]", out=tmp_path / "e"))
     rows = list(csv.DictReader((tmp_path / "e" / "eval" / "translation.csv").open(encoding="utf-8")))
     by_run = {name: [(r["split"], r["direction"], r["source"], r["prediction_before"]) for r in rows
                      if r["run"] == name] for name in ("nn_shots", "run")}

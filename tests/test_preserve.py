@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from helpers import CrashAt, SimulatedCrash
+from helpers import HARM_TEXT, CrashAt, SimulatedCrash
 from safetensors.torch import load_file
 
 from tli.errors import ConfigError, DataError
@@ -24,6 +24,12 @@ from tli.training.translation_lm import tokenize_sequences, translation_sequence
 
 SENTENCES = ["Maji ni uhai kwa kila kiumbe.", "The book is on the table.", "Mwalimu anafundisha watoto.",
              "We walked home"]
+
+
+@pytest.fixture
+def train_cfg(train_cfg):
+    """conftest's, with the validation-text scoring and harm budget this file tests (debug=test turns them off)."""
+    return lambda *overrides, out=None: train_cfg(*HARM_TEXT, *overrides, out=out)
 
 
 @pytest.fixture(scope="module")

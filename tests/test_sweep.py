@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import FAST_CPU, ROOT
+from helpers import FAST_CPU, HARM_TEXT, ROOT
 
 from tli.errors import ConfigError
 from tli.jobs.sweep import collect, pareto_front, sweep_value, sweeper_directions, write_summary
@@ -234,6 +234,7 @@ def test_a_two_trial_multi_objective_search_on_the_tiny_model(tmp_path, tiny_dir
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", "model=tiny", "data=sw_en", f"model.name_or_path={tiny_dir}",
            f"data.train_file={small_lexicons[0]}", f"data.control_file={small_lexicons[1]}", "data.batch_size=8",
            FAST_CPU, "hparams_search=optuna_harm", "hydra.sweeper.n_trials=2", "trainer.limit_train_batches=2",
+           *HARM_TEXT,
            "trainer.limit_val_batches=1", f"hydra.sweep.dir={sweep}"]
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})

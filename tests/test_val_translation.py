@@ -10,7 +10,7 @@ from dataclasses import asdict, replace
 
 import pytest
 import torch
-from helpers import FAST_CPU, ROOT, compose
+from helpers import FAST_CPU, HARM_TEXT, ROOT, compose
 from safetensors.torch import load_file
 
 from tli.data.config import DataConfig, load_lexicons
@@ -121,7 +121,7 @@ def test_rescoring_finished_runs_reproduces_what_training_logged_and_applies_the
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", "model=tiny", "data=sw_en", f"model.name_or_path={tiny_dir}",
            f"data.train_file={small_lexicons[0]}", f"data.control_file={small_lexicons[1]}", "data.batch_size=8",
            "data.val_fraction=0.25", FAST_CPU, "lora.r=4", "logger=none", "objective.score_translation=true",
-           "objective.translation_shots=2", "optim.lr=0.05,0.0001", f"hydra.sweep.dir={sweep}"]
+           "objective.translation_shots=2", "optim.lr=0.05,0.0001", f"hydra.sweep.dir={sweep}", *HARM_TEXT]
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     runs = [sweep / "0", sweep / "1"]
