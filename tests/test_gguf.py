@@ -251,6 +251,28 @@ def test_second_call_returns_cached_dir(llama_case, llama_entry, monkeypatch):
     assert not list((cache / "gguf").glob(".*.tmp-*"))
 
 
+def test_a_conversion_parses_the_file_once_and_writes_what_three_parses_wrote(gemma_case, gemma_entry, tmp_path,
+                                                                              monkeypatch):
+    """The tokenizer, config and weight loads share one gguf.GGUFReader (tli.model.gguf._one_parse); the directory
+    is byte for byte the session's conversion, and the reader is gguf's own again afterwards."""
+    real, opened = gguf.GGUFReader, []
+
+    def counting(path, *args, **kwargs):
+        opened.append(os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    work = tmp_path / "work"
+    work.mkdir()
+    tg._convert(gemma_case[0], work)
+    assert len(opened) == 1 and gguf.GGUFReader is counting
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        assert (work / "model" / name).read_bytes() == (gemma_entry / name).read_bytes(), name
+    with tg._one_parse():
+        assert gguf.GGUFReader(gemma_case[0]) is gguf.GGUFReader(gemma_case[0])
+    assert gguf.GGUFReader is counting and len(opened) == 2
+
+
 def test_hash_index_memoises_and_notices_changes(tmp_path):
     import hashlib
 
