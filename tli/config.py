@@ -28,10 +28,9 @@ from tli.intervention.config import InterventionConfig
 from tli.model.embed import Probe
 from tli.model.loading import ModelSpec
 from tli.model.lora import LoraConfig
-from tli.training.checkpoints import CallbacksConfig, ObjectiveConfig
-from tli.training.module import TrainConfig
 from tli.training.optim import OptimConfig
 from tli.training.preserve import PreserveConfig
+from tli.training.run_config import CallbacksConfig, ObjectiveConfig, TrainConfig
 
 
 @dataclass

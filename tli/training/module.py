@@ -18,38 +18,25 @@ With a translation objective (tli.training.val_translation), every validation al
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
-from tli.errors import CheckpointError, ConfigError, TrainingError
+from tli.errors import CheckpointError, TrainingError
 from tli.eval.metrics import METRICS, Centring, MetricsConfig, alignment, metric_key
 from tli.eval.pairs import GoldPairs
 from tli.model.embed import Probe, hidden_states, pool
 from tli.model.loading import ModelSpec, load_model, num_layers, truncated
 from tli.model.lora import LoraConfig, apply_lora
 from tli.training.losses import ContrastiveLoss
-from tli.training.objective import SCHEDULES, AlignOptions, RunningCentre, active_groups
+from tli.training.objective import AlignOptions, RunningCentre, active_groups
 from tli.training.optim import OptimConfig, Schedule
 from tli.training.preserve import PreserveConfig, forward_text, kl_cached, kl_live, retain_distance
+from tli.training.run_config import TrainConfig
 from tli.training.text import Harm, PreservationText
 from tli.training.val_translation import ValidationTranslation
-
-
-@dataclass
-class TrainConfig:
-    """`train.*`."""
-
-    truncate: bool = True  # run only blocks 1..k in training steps (identical loss and gradients, faster)
-    gradient_checkpointing: bool = False
-    allow_changes: bool = False  # resume a checkpoint even if the run's settings changed (the outputs record them)
-    schedule: str = "sum"  # sum: every term each step | alternate: alignment and preservation terms take turns
-
-    def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"train.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
 
 
 class TLIModule(L.LightningModule):
