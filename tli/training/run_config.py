@@ -1,5 +1,5 @@
-"""The training sections of the config that need no Lightning (`objective.*`: what a run keeps; `callbacks.*`;
-`train.*`), so that the entry points that never train (scan.py, evaluate.py) load their config without importing it."""
+"""The training sections of the config, which need no Lightning (`objective.*`: what a run keeps; `callbacks.*`;
+`train.*`): loading the config does not import it, so scan.py never does."""
 
 from __future__ import annotations
 
