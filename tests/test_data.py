@@ -13,9 +13,10 @@ from helpers import dup_ids
 
 import tli.data.datamodule
 from tli.data.config import AuditConfig, DataConfig
-from tli.data.datamodule import PairDataModule, split_validation
+from tli.data.datamodule import PairDataModule
 from tli.data.lexicon import Lexicon, Pair
 from tli.data.sampling import ResumableLoader, UniqueBatchSampler
+from tli.data.splits import split_validation
 from tli.errors import ConfigError, DataError
 
 # ---- UniqueBatchSampler -----------------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ def test_validation_scores_equal_the_scan_on_the_same_pairs(trained, scan_cfg, t
     """One metric function everywhere: the last validation of a run and a scan of its adapter on the validation
     pairs agree on every headline metric (raw vectors; centring statistics differ by design: training words)."""
     from tli.data.config import load_lexicons
-    from tli.data.datamodule import split_validation
+    from tli.data.splits import split_validation
     from tli.eval.metrics import HEADLINE
 
     data = train_cfg().data  # the same data settings as `trained`

@@ -252,7 +252,7 @@ def _edit(directory, **changes):
 def test_fit_on_deranged_fits_the_deranged_pairs(eval_cfg, full, tmp_path):
     from tli.data.config import load_lexicons
     from tli.data.crossfit import derange
-    from tli.data.datamodule import split_pairs
+    from tli.data.splits import split_pairs
     from tli.intervention.artifact import InterventionCard
     from tli.intervention.fit import fit_map, plan_fit
     from tli.model.embed import embed_words

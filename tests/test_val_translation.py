@@ -14,7 +14,7 @@ from helpers import FAST_CPU, HARM_TEXT, ROOT, compose
 from safetensors.torch import load_file
 
 from tli.data.config import DataConfig, load_lexicons
-from tli.data.datamodule import split_pairs
+from tli.data.splits import split_pairs
 from tli.errors import ConfigError
 from tli.eval.translation import ShotsError, build_queries, evaluate_translation
 from tli.jobs.train import train_job

@@ -5,7 +5,6 @@ once, and batches without repeated strings (no false negatives) from a loader th
 from __future__ import annotations
 
 import logging
-import random
 from functools import partial
 
 import lightning as L
@@ -14,14 +13,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from tli.data.audit import AuditResult, format_audit
 from tli.data.config import DataConfig, load_lexicons
-from tli.data.crossfit import derange, fold_split
-from tli.data.lexicon import Lexicon, Pair
+from tli.data.lexicon import Pair
 from tli.data.sampling import ResumableLoader, UniqueBatchSampler
-from tli.errors import ConfigError, DataError
+from tli.data.splits import MIN_VAL_PAIRS, split_pairs
+from tli.errors import DataError
 from tli.model.embed import Encoded, collate, tokenize_words
 
 log = logging.getLogger(__name__)
-MIN_VAL_PAIRS = 5  # fewer validation pairs give degenerate retrieval figures (1 pair: MRR 1.0, no baseline)
 NOISY_VAL_PAIRS = 20
 
 
@@ -60,32 +58,6 @@ class PairCollator:
         if self.translation is not None:  # (2B, T') few-shot prompts, both directions
             batch["translation"] = self.translation([(self.words[0][s], self.words[1][t]) for _, s, t in items])
         return batch
-
-
-def split_validation(lexicon: Lexicon | list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Carve a validation split from the training pairs by seed; all pairs of one source word stay together."""
-    if not 0 <= fraction < 1:
-        raise ConfigError(f"data.val_fraction={fraction} must be in [0, 1)")
-    pairs = lexicon.pairs if isinstance(lexicon, Lexicon) else list(lexicon)
-    sources = sorted({p.source for p in pairs})
-    random.Random(seed).shuffle(sources)
-    val_sources = set(sources[: round(fraction * len(sources))])
-    train = [p for p in pairs if p.source not in val_sources]
-    val = [p for p in pairs if p.source in val_sources]
-    return train, val
-
-
-def split_pairs(lexicon: Lexicon, data: DataConfig, seed: int) -> tuple[list[Pair], list[Pair], list[Pair]]:
-    """(training pairs, validation pairs, held-out pairs) of a run: with `data.crossfit` the held-out fold is cut
-    first (tli.data.crossfit.fold_split) and validation is carved from the other folds; with `data.derange` the
-    training pairs (never the validation pairs) then get deranged targets."""
-    kept, heldout = (fold_split(lexicon, data.crossfit, data.fold, seed) if data.crossfit else (lexicon.pairs, []))
-    train, val = split_validation(kept, data.val_fraction, seed)
-    if data.derange:
-        if len(train) < 2:
-            raise DataError(f"{lexicon.path}: data.derange needs at least 2 training pairs, got {len(train)}")
-        train = derange(train, seed)
-    return train, val, heldout
 
 
 class WordCollator:

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass, field, replace
 
 from tli.data.crossfit import derange
-from tli.data.datamodule import MIN_VAL_PAIRS, split_pairs
 from tli.data.lexicon import Lexicon, Pair
+from tli.data.splits import MIN_VAL_PAIRS, split_pairs
 from tli.errors import ConfigError, DataError
 from tli.eval.translation import Query, ShotsError, build_queries
 from tli.intervention.artifact import InterventionCard

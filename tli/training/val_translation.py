@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from tli.data.config import DataConfig
-from tli.data.datamodule import split_pairs
 from tli.data.lexicon import Lexicon
+from tli.data.splits import split_pairs
 from tli.errors import ConfigError
 from tli.eval.translation import Query, build_queries, evaluate_translation
 
