@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from tli.eval.stats import aggregate_runs, bootstrap_ci, difference_in_differences, paired_stats
+from tli.eval.stats import aggregate_runs, bootstrap_ci, difference_in_differences, paired_stats, wilcoxon_p
 
 
 @pytest.fixture
@@ -212,3 +212,19 @@ def test_bootstrap_and_aggregate_skip_nonfinite():
     assert bootstrap_ci([np.nan, np.nan, 1.0], n_boot=300) == (None, None)
     agg = aggregate_runs([{"a": 1.0}, {"a": float("inf")}, {"a": 3.0}, {"a": float("-inf")}], ["a"])
     assert agg["a"] == {"mean": 2.0, "std": pytest.approx(math.sqrt(2.0)), "n": 2}
+
+
+@pytest.mark.parametrize("alternative", ["two-sided", "greater", "less"])
+def test_wilcoxon_p_is_scipys_number_with_ties_and_zeros(alternative):
+    # scipy's exact sign-flip test (n <= 13 with ties or zeros) re-ranks per flip; wilcoxon_p ranks once.
+    rng = np.random.default_rng(alternative.__len__())
+    cases = [rng.integers(-2, 3, n) * 0.5 for n in (2, 3, 5, 8, 9)] + [rng.normal(size=7).round(1)]
+    cases += [np.array([0.0, 0.1, 0.1, -0.2, 0.3, 0.3, 0.3, 0.5, -0.5, 1.0, 0.2, 0.4, 0.7]),  # n = 13, the limit
+              np.array([0.0, *rng.normal(size=13).round(1)]),  # n = 14: scipy's normal approximation
+              rng.normal(size=9)]  # no ties, no zeros: scipy's exact distribution
+    before = rng.normal(size=14)
+    for d in cases:
+        if not d.any():
+            continue
+        b = before[: d.size]
+        assert wilcoxon_p(b + d, b, alternative) == sps.wilcoxon(b + d, b, alternative=alternative).pvalue

@@ -18,10 +18,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import wilcoxon
 
 from tli.eval.power import mde_paired
-from tli.eval.stats import aggregate_runs, finite_pairs
+from tli.eval.stats import aggregate_runs, finite_pairs, wilcoxon_p
 
 AGGREGATED = ("nll_before", "nll_after", "change", "relative_change")
 
@@ -52,7 +51,7 @@ def compare_lm_loss(before: Mapping[str, Any], after: Mapping[str, Any], *, thre
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # scipy's note on ties / small samples
-            p = float(wilcoxon(a, b, alternative="greater").pvalue)
+            p = wilcoxon_p(a, b, alternative="greater")
     rise = bool(relative > threshold and p < alpha)
     verdict = "RISE: the adapter made held-out text less likely" if rise else "no material rise"
     skipped = f", {dropped} sentences with a non-finite NLL left out of the test" if dropped else ""

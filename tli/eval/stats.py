@@ -120,6 +120,30 @@ def paired_stats(before: ArrayLike, after: ArrayLike, n_boot: int = 10000, seed:
     return out
 
 
+def wilcoxon_p(after: np.ndarray, before: np.ndarray, alternative: str = "two-sided") -> float:
+    """``scipy.stats.wilcoxon(after, before, alternative=alternative).pvalue``, the same number, fast where scipy is
+    slow.
+
+    With zeros or ties among at most 13 differences scipy runs the exact sign-flip permutation test (2^n flips) and
+    re-ranks |d| for every flip, one flip at a time: about 2 s per call, most of a small evaluation's time. The ranks
+    of |d| do not change when signs flip, so the same test with the ranks computed once (a vectorised statistic,
+    the same `scipy.stats.permutation_test`) gives the same null distribution and p-value in milliseconds.
+    """
+    d = after - before  # (n,)
+    nonzero = d[d != 0]  # scipy's zero_method="wilcox": zeros leave the ranking
+    permutation = d.size <= 13 and (nonzero.size < d.size or np.unique(np.abs(nonzero)).size < nonzero.size)
+    if not permutation or nonzero.size == 0:
+        return float(sps.wilcoxon(after, before, alternative=alternative).pvalue)
+    ranks = np.zeros_like(d)  # (n,): average ranks of |d| among the non-zero differences, 0 for zeros
+    ranks[d != 0] = sps.rankdata(np.abs(nonzero))
+
+    def r_plus(flipped: np.ndarray, axis: int = -1) -> np.ndarray:  # (..., n) -> (...): ranks of positive differences
+        return np.sum(ranks * (flipped > 0), axis=axis)
+
+    return float(sps.permutation_test((d,), r_plus, permutation_type="samples", vectorized=True,
+                                      alternative=alternative).pvalue)
+
+
 def _paired_tests(b: np.ndarray, a: np.ndarray, diff: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
     """paired_stats on finite values (n >= 1)."""
     n, out = int(diff.size), {"note": None}
@@ -137,7 +161,7 @@ def _paired_tests(b: np.ndarray, a: np.ndarray, diff: np.ndarray, n_boot: int, s
             out["wilcoxon_p"] = 1.0
             out["note"] = "all differences are zero: wilcoxon_p set to 1.0, t-test undefined"
         else:
-            out["wilcoxon_p"] = _num(sps.wilcoxon(a, b).pvalue)
+            out["wilcoxon_p"] = _num(wilcoxon_p(a, b))
     sd = float(diff.std(ddof=1))
     constant = sd <= 1e-12 * float(np.abs(diff).max())  # rounding noise on constant differences counts as std 0
     out["cohen_dz"] = None if constant else delta / sd
