@@ -62,6 +62,7 @@ def test_the_best_skips_disqualified_jobs(tmp_path):
     assert "budget (objective.max_harm): 2%" in text
     assert "validation text (Swahili: 24 written sentences; English: 24 written sentences) over" in text
     assert "Disqualified (harm above the budget, admissible = no, never best): job(s) 1, 3." in text
+    assert f"The alignment column is the objective's value ({NAME}) whatever the harm" in text
     assert "| * | 0 | optim.lr=1e-3 | 0.8000 | 0.8000 | +1.00% | yes | * |" in text
     assert "|  | 1 | optim.lr=2e-3 |  | 0.9500 | +5.00% | **no** |" in text
     assert "## Failed jobs (1 of 5)" in text and "loss is NaN" in text
@@ -78,6 +79,14 @@ def test_admissible_follows_the_budget_when_the_file_does_not_say(tmp_path):
     _job(tmp_path, "1", ["a=2"], {k: v for k, v in _metrics(0.5, 0.05, budget=None).items() if k != "admissible"})
     rows = collect(tmp_path)
     assert [r["admissible"] for r in rows] == [False, True]  # no budget: nothing is disqualified
+
+
+def test_with_a_translation_objective_the_summary_says_what_the_alignment_column_holds(tmp_path):
+    accuracy = "val/translation/accuracy"
+    _job(tmp_path, "0", ["a=1"], {**_metrics(0.6, 0.01), "objective_name": accuracy})
+    write_summary(tmp_path)
+    assert (f"The alignment column is the objective's value ({accuracy}: validation translation, not an alignment "
+            "metric) whatever the harm") in (tmp_path / "sweep_summary.md").read_text()
 
 
 def _brute_front(points):

@@ -106,13 +106,17 @@ def _pct(x) -> str:
     return "" if _number(x) is None else f"{100 * x:+.2f}%"
 
 
-def _harm_text(rows: list[dict], disqualified: list[dict]) -> str:
+def _harm_text(rows: list[dict], disqualified: list[dict], objective_name: str | None) -> str:
     budgets = sorted({r["max_harm"] for r in rows if _number(r.get("max_harm")) is not None})
     texts = sorted({r["val_text"] for r in rows if r.get("val_text")})
     on = f" ({' | '.join(texts)})" if texts else ""
     text = (f"Harm: val/harm, the relative rise of the NLL of validation text{on} over the base "
             "model, the larger of the two languages (lower is better); budget (objective.max_harm): "
             + (", ".join(f"{100 * b:g}%" for b in budgets) if budgets else "none") + ".")
+    kind = (f"{objective_name}: validation translation, not an alignment metric"
+            if (objective_name or "").startswith("val/translation/") else objective_name)
+    text += (f" The alignment column is the objective's value ({kind}) whatever the harm; the objective column leaves "
+             "it out where the job is over the budget.")
     if disqualified:
         text += (f" Disqualified (harm above the budget, admissible = no, never best): job(s) "
                  f"{', '.join(r['job'] for r in disqualified)}.")
@@ -154,7 +158,7 @@ def write_summary(sweep_dir: str | Path) -> list[dict]:
     name = finished[0]["objective_name"] if finished else None
     text = f"# Sweep summary: {sweep_dir}\n\nObjective: {name} (higher is better; * = best)\n\n"
     if harmed:
-        text += _harm_text(finished, disqualified)
+        text += _harm_text(finished, disqualified, name)
     text += (markdown_table(shown, columns) if finished else "No job finished.") + "\n"
     if front:
         text += _front_section(front)
