@@ -28,8 +28,9 @@ import _common as bench
 from tli.model.embed import Probe
 from tli.model.loading import weights_fingerprint
 from tli.training.losses import build_loss
-from tli.training.module import TLIModule, TrainConfig
+from tli.training.module import TLIModule
 from tli.training.preserve import PreserveConfig
+from tli.training.run_config import TrainConfig
 from tli.training.text import PreservationText, TextSource
 from tli.training.translation_lm import translation_batch
 

@@ -74,8 +74,9 @@ from tli.model.loading import (  # noqa: E402
 )
 from tli.model.lora import LoraConfig  # noqa: E402
 from tli.training.losses import build_loss  # noqa: E402
-from tli.training.module import TLIModule, TrainConfig  # noqa: E402
+from tli.training.module import TLIModule  # noqa: E402
 from tli.training.optim import OptimConfig  # noqa: E402
+from tli.training.run_config import TrainConfig  # noqa: E402
 
 
 def make_batch(tok, sources: list[str], targets: list[str], template: str) -> dict:

@@ -27,8 +27,9 @@ from tli.model.embed import Probe, collate, decoder_of, embed_words, hidden_stat
 from tli.model.loading import ModelSpec, load_model, load_tokenizer, truncated
 from tli.model.lora import LoraConfig
 from tli.training.losses import InfoNCE
-from tli.training.module import TLIModule, TrainConfig
+from tli.training.module import TLIModule
 from tli.training.optim import OptimConfig
+from tli.training.run_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 N_LAYERS = 6

@@ -15,10 +15,11 @@ from tli.model.embed import Probe, collate, tokenize_words
 from tli.model.loading import ModelSpec
 from tli.model.lora import LoraConfig
 from tli.training.losses import build_loss
-from tli.training.module import TLIModule, TrainConfig
+from tli.training.module import TLIModule
 from tli.training.objective import RunningCentre, active_groups
 from tli.training.optim import OptimConfig
 from tli.training.preserve import PreserveConfig, forward_text, kl_cached, kl_live, retain_distance, topk_reference
+from tli.training.run_config import TrainConfig
 from tli.training.text import tokenize_text
 from tli.training.translation_lm import tokenize_sequences, translation_sequences
 

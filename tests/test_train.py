@@ -17,8 +17,9 @@ from tli.jobs.train import train_job
 from tli.model.embed import Probe, collate, hidden_states, pool, tokenize_words
 from tli.model.lora import LoraConfig
 from tli.training.losses import InfoNCE
-from tli.training.module import TLIModule, TrainConfig
+from tli.training.module import TLIModule
 from tli.training.optim import OptimConfig
+from tli.training.run_config import TrainConfig
 
 
 def _adapter(out: Path, name: str = "adapter") -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from tli.errors import ConfigError
 from tli.eval.tables import markdown_table, write_csv
 from tli.io import atomic_write_text
+from tli.training.run_config import TRANSLATION_OBJECTIVES
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def _harm_text(rows: list[dict], disqualified: list[dict], objective_name: str |
             "model, the larger of the two languages (lower is better); budget (objective.max_harm): "
             + (", ".join(f"{100 * b:g}%" for b in budgets) if budgets else "none") + ".")
     kind = (f"{objective_name}: validation translation, not an alignment metric"
-            if (objective_name or "").startswith("val/translation/") else objective_name)
+            if objective_name in TRANSLATION_OBJECTIVES.values() else objective_name)
     text += (f" The alignment column is the objective's value ({kind}) whatever the harm; the objective column leaves "
              "it out where the job is over the budget.")
     if disqualified:

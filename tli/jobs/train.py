@@ -31,12 +31,12 @@ from tli.model.card import AdapterCard
 from tli.model.loading import check_layer, load_config, load_tokenizer, num_layers, weights_fingerprint
 from tli.training.checkpoints import AtomicCheckpointIO, checkpoint_callbacks
 from tli.training.losses import build_loss
-from tli.training.module import TLIModule, TrainConfig
+from tli.training.module import TLIModule
 from tli.training.objective import AlignOptions
 from tli.training.optim import OptimConfig
 from tli.training.preserve import PreserveConfig
 from tli.training.resume import GracefulStop, RunSettings, check_resume_settings, flat_settings, resolve_ckpt_path
-from tli.training.run_config import ObjectiveConfig
+from tli.training.run_config import ObjectiveConfig, TrainConfig
 from tli.training.text import Harm, TextSource
 from tli.training.translation_lm import translation_batch
 from tli.training.val_translation import ValidationTranslation
