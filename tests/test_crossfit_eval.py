@@ -155,6 +155,25 @@ def test_recipes_are_compared_on_the_same_queries(folds, tiny_dir, small_lexicon
     assert (cell["n"], cell["b"], cell["c"]) == (len(unseen), b, c)
     family = summary["comparisons"]["family_size"]
     assert family == 3 * 4 and cell["holm_p"] >= cell["exact_p"]
+    # fold 0 evaluated as "tli", folds 1-2 under other names (a second seed's batch, say): --rename pools them
+    src = tmp_path / "e" / "eval"
+    a = _split_evaluation(src, tmp_path / "a", {"tli/0", "deranged/0"})
+    b = _split_evaluation(src, tmp_path / "b", {"tli/1", "tli/2", "deranged/1", "deranged/2"},
+                          rename={"tli": "tli-b", "deranged": "tli-b-deranged"})
+    assert combine_main([str(a), str(b), "--out", str(tmp_path / "both"),
+                         "--rename", "tli-b=tli", "--rename", "tli-b-deranged=deranged"]) == 0
+    combined = json.loads((tmp_path / "both" / "summary.json").read_text())
+    one = json.loads(json.dumps(summary))
+    assert list(combined["comparisons"]["pairs"]) == list(pairs)
+    for name, comparison in one["comparisons"]["pairs"].items():
+        assert combined["comparisons"]["pairs"][name]["translation"] == comparison["translation"], name
+    assert set(combined["runs"]) == {"tli/0.0", "deranged/0.0", "tli/1.1", "tli/1.2", "deranged/1.1", "deranged/1.2"}
+    unnamed = tmp_path / "unnamed"
+    assert combine_main([str(a), str(b), "--out", str(unnamed)]) == 0  # without it: four recipes, none pooled
+    assert "tli-b vs tli-b-deranged" in json.loads((unnamed / "summary.json").read_text())["comparisons"]["pairs"]
+    with pytest.raises(EvaluationError, match="no evaluation has a recipe 'tlx'"):
+        combine([read_evaluation(a), read_evaluation(b)], rename={"tlx": "tli"})
+    assert combine_main([str(a), str(b), "--out", str(tmp_path / "x"), "--rename", "tli-b"]) == 2
     with pytest.raises(ConfigError, match="not both"):
         evaluate_job(eval_cfg(f"adapter={folds[0]}", f"+adapters.tli=[{folds[1]}]", out=tmp_path / "f"))
 
@@ -192,20 +211,30 @@ def test_representations_on_unseen_words_are_the_held_out_folds_pairs_pooled(poo
     assert point.alignment_split == "unseen" and point.alignment == pytest.approx(sum(gains) / K)
 
 
-def _split_evaluation(src, out, runs: set[str]):
+def _split_evaluation(src, out, runs: set[str], rename: dict[str, str] | None = None):
     """A copy of evaluation `src` that holds only `runs` (and the nn_shots rows of their folds): what evaluate.py
-    would have written for those adapters alone."""
+    would have written for those adapters alone (with the recipes named as `rename` says)."""
+    rename = rename or {}
+
+    def renamed(run):
+        recipe, sep, i = run.rpartition("/")
+        return f"{rename[recipe]}/{i}" if sep and recipe in rename else run
+
     summary = json.loads((src / "summary.json").read_text())
-    kept = {name: run for name, run in summary["runs"].items() if name in runs}
-    folds = {str(i) for i in range(K) if f"run{i}" in runs}
+    kept = {renamed(name): run for name, run in summary["runs"].items() if name in runs}
+    with (src / "translation.csv").open(encoding="utf-8") as f:
+        folds = {r["fold"] for r in csv.DictReader(f) if r["run"] in runs}
     summary.update(runs=kept)
     summary["settings"]["adapters"] = [run["adapter"] for run in kept.values()]
+    if summary.get("recipes"):
+        summary["recipes"] = {rename.get(r, r): cell for r, cell in summary["recipes"].items()}
     out.mkdir()
     (out / "summary.json").write_text(json.dumps(summary))
     for table in ("translation.csv", "pairs.csv"):
         with (src / table).open(encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            rows = [r for r in reader if r["run"] in runs or (r["run"] == "nn_shots" and r["fold"] in folds)]
+            rows = [{**r, "run": renamed(r["run"])} for r in reader
+                    if r["run"] in runs or (r["run"] == "nn_shots" and r["fold"] in folds)]
         with (out / table).open("w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, reader.fieldnames, lineterminator="\n")
             writer.writeheader()

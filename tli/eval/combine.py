@@ -9,6 +9,10 @@ An eval dir is `<run or sweep dir>/eval` (or the directory above it). Each sourc
 ("<recipe>/<i>" becomes "<recipe>/<source>.<i>"); rows are matched by (split, direction, word, fold, seed) as in
 `tli.eval.recipes`, so the sources must score different (fold, seed) strata: the same stratum of one recipe in two
 sources is an error, and so is a setting that differs. Writes <dir>/summary.json and <dir>/report.md.
+
+A recipe named differently in two evaluations (`kl30` in one seed's, `kl30-s1` in the next) pools under one name
+with `--rename kl30-s1=kl30 --rename kl30-s1-deranged=kl30-deranged`: the renaming is applied to every source before
+the rows are matched.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,13 +136,34 @@ def _renamed(run: str, source: int, recipes: bool) -> str:
     return f"{recipe}/{source}.{rest}"
 
 
-def combine(evaluations: Sequence[Evaluation], n_boot: int | None = None, seed: int | None = None) -> dict[str, Any]:
+def _recipe_renamed(run: str, rename: Mapping[str, str]) -> str:
+    """"<recipe>/<i>" with its recipe renamed by `rename` (other runs as they are)."""
+    recipe, sep, rest = run.rpartition("/")
+    return f"{rename[recipe]}/{rest}" if sep and recipe in rename else run
+
+
+def check_rename(evaluations: Sequence[Evaluation], rename: Mapping[str, str]) -> None:
+    """Every recipe to rename is a recipe of some source; "nn_shots" keeps its name."""
+    known = {recipe_of(run) for e in evaluations if e.summary.get("recipes") for run in e.summary["runs"]}
+    for old, new in rename.items():
+        if old not in known:
+            raise EvaluationError(f"--rename {old}={new}: no evaluation has a recipe {old!r} (recipes: "
+                                  f"{', '.join(sorted(known)) or 'none: plain adapter lists are not renamed'})")
+        if "nn_shots" in (old, new) or not new or "/" in new:
+            raise EvaluationError(f"--rename {old}={new}: give a recipe's name (not nn_shots, no '/')")
+
+
+def combine(evaluations: Sequence[Evaluation], n_boot: int | None = None, seed: int | None = None,
+            rename: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The combined summary: "settings" (the first source's, with "sources"), "runs" (every source's, renamed),
     and, from the union of the rows, what `evaluate.py` computes across runs: "recipes", "comparisons",
-    "nulls", "crossfit" (`behaviour_summary`) and "unseen_alignment" (`pooled_alignment`)."""
+    "nulls", "crossfit" (`behaviour_summary`) and "unseen_alignment" (`pooled_alignment`). `rename` maps a recipe's
+    name in the sources to its name in the combined summary."""
     if len(evaluations) < 2:
         raise EvaluationError("give at least two evaluation directories to combine")
     check_compatible(evaluations)
+    rename = dict(rename or {})
+    check_rename(evaluations, rename)
     kinds = {bool(e.summary.get("recipes")) for e in evaluations}
     if len(kinds) > 1:
         kind = {True: "recipes", False: "adapters"}
@@ -150,10 +175,14 @@ def combine(evaluations: Sequence[Evaluation], n_boot: int | None = None, seed: 
     n_boot = settings["n_boot"] if n_boot is None else n_boot
     seed = settings["seed"] if seed is None else seed
     translation, pairs, runs, seen = [], [], {}, {}
+
+    def name_of(run: str, source: int) -> str:  # a source's run under its combined name
+        return _renamed(_recipe_renamed(run, rename), source, recipes)
+
     for i, e in enumerate(evaluations):
         names = list(e.summary["runs"])
         for r in e.translation:
-            r = {**r, "run": _renamed(r.get("run") or names[0], i, recipes)}
+            r = {**r, "run": name_of(r.get("run") or names[0], i)}
             who = r["run"] if r["run"] == "nn_shots" else recipe_of(r["run"]) if recipes else "adapters"
             key = (who, r["split"], r["direction"], r["source"], r["fold"], r["seed"])
             if key in seen and seen[key][0] != i:
@@ -166,9 +195,9 @@ def combine(evaluations: Sequence[Evaluation], n_boot: int | None = None, seed: 
                                       + ": combine evaluations of different seeds, folds or recipes")
             seen[key] = (i, r)
             translation.append(r)
-        pairs += [{**r, "run": _renamed(r.get("run") or names[0], i, recipes)} for r in e.pairs]
+        pairs += [{**r, "run": name_of(r.get("run") or names[0], i)} for r in e.pairs]
         for name, run in e.summary["runs"].items():
-            runs[_renamed(name, i, recipes)] = run
+            runs[name_of(name, i)] = run
     crossfit = any(r.get("fold") is not None for r in translation if r["run"] != "nn_shots")
     out: dict[str, Any] = {"settings": {**settings, "sources": [str(e.path) for e in evaluations], "n_boot": n_boot,
                                         "seed": seed, "adapters": [a for e in evaluations
@@ -200,13 +229,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("eval_dirs", nargs="+", help="evaluation directories (<run or sweep dir>/eval)")
     parser.add_argument("--out", required=True, help="the directory to write summary.json and report.md to")
     parser.add_argument("--n-boot", type=int, help="bootstrap resamples (default: the sources' eval.n_boot)")
+    parser.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                        help="pool recipe OLD of any source under the name NEW (repeatable)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
+        bad = [r for r in args.rename if r.count("=") != 1]
+        if bad:
+            raise EvaluationError(f"--rename {bad[0]}: give OLD=NEW (a recipe's name in a source, its name combined)")
+        rename = dict(r.split("=") for r in args.rename)
         evaluations = [read_evaluation(d) for d in args.eval_dirs]
         if any(out.resolve() == e.path.resolve() for e in evaluations):
             raise EvaluationError(f"--out {out} is one of the sources: give a new directory")
-        summary = combine(evaluations, n_boot=args.n_boot)
+        summary = combine(evaluations, n_boot=args.n_boot, rename=rename)
     except TLIError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
