@@ -173,6 +173,8 @@ def test_recipes_are_compared_on_the_same_queries(folds, tiny_dir, small_lexicon
     assert "tli-b vs tli-b-deranged" in json.loads((unnamed / "summary.json").read_text())["comparisons"]["pairs"]
     with pytest.raises(EvaluationError, match="no evaluation has a recipe 'tlx'"):
         combine([read_evaluation(a), read_evaluation(b)], rename={"tlx": "tli"})
+    with pytest.raises(EvaluationError, match="would merge two of its recipes"):
+        combine([read_evaluation(a), read_evaluation(b)], rename={"tli-b-deranged": "tli-b"})
     assert combine_main([str(a), str(b), "--out", str(tmp_path / "x"), "--rename", "tli-b"]) == 2
     with pytest.raises(ConfigError, match="not both"):
         evaluate_job(eval_cfg(f"adapter={folds[0]}", f"+adapters.tli=[{folds[1]}]", out=tmp_path / "f"))
