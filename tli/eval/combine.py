@@ -145,17 +145,18 @@ def _recipe_renamed(run: str, rename: Mapping[str, str]) -> str:
 def check_rename(evaluations: Sequence[Evaluation], rename: Mapping[str, str]) -> None:
     """Every recipe to rename is a recipe of some source; "nn_shots" keeps its name; no two recipes of one source
     become one."""
-    known = {recipe_of(run) for e in evaluations if e.summary.get("recipes") for run in e.summary["runs"]}
+    own = {e.path: {recipe_of(run) for run in e.summary["runs"]} if e.summary.get("recipes") else set()
+           for e in evaluations}
+    known = set().union(*own.values())
     for old, new in rename.items():
         if old not in known:
             raise EvaluationError(f"--rename {old}={new}: no evaluation has a recipe {old!r} (recipes: "
                                   f"{', '.join(sorted(known)) or 'none: plain adapter lists are not renamed'})")
         if "nn_shots" in (old, new) or not new or "/" in new:
             raise EvaluationError(f"--rename {old}={new}: give a recipe's name (not nn_shots, no '/')")
-    for e in evaluations:  # two recipes of one evaluation may not become one
-        own = {recipe_of(run) for run in e.summary["runs"]} if e.summary.get("recipes") else set()
-        if len({rename.get(r, r) for r in own}) < len(own):
-            raise EvaluationError(f"{e.path}: --rename would merge two of its recipes ({', '.join(sorted(own))})")
+    for path, recipes in own.items():
+        if len({rename.get(r, r) for r in recipes}) < len(recipes):
+            raise EvaluationError(f"{path}: --rename would merge two of its recipes ({', '.join(sorted(recipes))})")
 
 
 def combine(evaluations: Sequence[Evaluation], n_boot: int | None = None, seed: int | None = None,
