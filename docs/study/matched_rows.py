@@ -18,12 +18,13 @@ def rows_of(run: str, paths: list[str], split: str) -> dict[tuple, dict]:
     """{(seed, fold, direction, word): row} of `run`'s queries of `split` in the given translation.csv files."""
     out = {}
     for path in paths:
-        for r in csv.DictReader(open(path, encoding="utf-8")):
-            if r["split"] == split and (r["run"] == run or r["run"].split("/")[0] == run):
-                key = r["seed"], r["fold"], r["direction"], r["source"]
-                if key in out:
-                    raise SystemExit(f"{path}: {run} answers {key} twice")
-                out[key] = r
+        with open(path, encoding="utf-8", newline="") as f:
+            for r in csv.DictReader(f):
+                if r["split"] == split and (r["run"] == run or r["run"].split("/")[0] == run):
+                    key = r["seed"], r["fold"], r["direction"], r["source"]
+                    if key in out:
+                        raise SystemExit(f"{path}: {run} answers {key} twice")
+                    out[key] = r
     return out
 
 
