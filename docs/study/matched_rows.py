@@ -9,22 +9,23 @@ name (every adapter of it, "<recipe>/<i>") or nn_shots. Run from the repository 
         --after "nn shots at 12" nn_shots $F/eval_k12{,-s1,-s2}/eval/translation.csv
 """
 import argparse
-import csv
 
+from tli.eval.combine import read_translation_csv
 from tli.eval.pooled import pooled_translation
+from tli.eval.recipes import matched_rows, recipe_of
 
 
-def rows_of(run: str, paths: list[str], split: str) -> dict[tuple, dict]:
-    """{(seed, fold, direction, word): row} of `run`'s queries of `split` in the given translation.csv files."""
-    out = {}
+def rows_of(run: str, paths: list[str], split: str) -> list[dict]:
+    """`run`'s rows of `split` in the given translation.csv files; a query answered twice is an error."""
+    out, seen = [], set()
     for path in paths:
-        with open(path, encoding="utf-8", newline="") as f:
-            for r in csv.DictReader(f):
-                if r["split"] == split and (r["run"] == run or r["run"].split("/")[0] == run):
-                    key = r["seed"], r["fold"], r["direction"], r["source"]
-                    if key in out:
-                        raise SystemExit(f"{path}: {run} answers {key} twice")
-                    out[key] = r
+        for r in read_translation_csv(path):
+            if r["split"] == split and recipe_of(r["run"]) == run:
+                key = r["seed"], r["fold"], r["direction"], r["source"]
+                if key in seen:
+                    raise SystemExit(f"{path}: {run} answers {key} twice")
+                seen.add(key)
+                out.append(r)
     return out
 
 
@@ -36,12 +37,9 @@ parser.add_argument("--split", default="unseen", help="unseen (default) or contr
 args = parser.parse_args()
 (lb, rb, *pb), (la, ra, *pa) = args.before, args.after
 before, after = rows_of(rb, pb, args.split), rows_of(ra, pa, args.split)
-if not before or before.keys() != after.keys():
-    raise SystemExit(f"the runs scored different queries: {len(before)} against {len(after)}, "
-                     f"{len(before.keys() & after.keys())} shared")
-rows = [{"source": k[3], "direction": k[2], "split": args.split, "fold": k[1], "seed": k[0],
-         "correct_before": before[k]["correct_after"] == "True", "correct_after": after[k]["correct_after"] == "True"}
-        for k in after]
+rows = matched_rows(after, before)  # "after vs before": before's answers as before, after's as after
+if not before or len(rows) != len(before) or len(rows) != len(after):
+    raise SystemExit(f"the runs scored different queries: {len(before)} against {len(after)}, {len(rows)} shared")
 print(f"{lb} (before) against {la} (after), {args.split} words")
 for direction, cell in pooled_translation(rows)[args.split].items():
     c, w = cell["correct"], cell["by_word"]

@@ -88,19 +88,27 @@ def _typed(row: dict, text_columns: Sequence[str]) -> dict:
     return {k: (v if k in text_columns else _value(v)) for k, v in row.items()}
 
 
+TEXT_COLUMNS = ("run", "split", "direction", "source", "target", "prediction_before", "prediction_after")
+
+
+def read_translation_csv(path: str | Path) -> list[dict]:
+    """An evaluation's translation.csv with each cell back in the type evaluate.py wrote (words stay text)."""
+    return [_typed(r, TEXT_COLUMNS) for r in read_csv(path)]
+
+
 def read_evaluation(path: str | Path) -> Evaluation:
     eval_dir = eval_dir_of(path)
     summary = read_summary(eval_dir)
-    text = ("run", "split", "direction", "source", "target", "prediction_before", "prediction_after")
     translation = []
     if summary.get("translation"):
         if not (eval_dir / "translation.csv").is_file():
             raise EvaluationError(f"{eval_dir}: summary.json has translation figures but translation.csv is missing")
-        translation = [_typed(r, text) for r in read_csv(eval_dir / "translation.csv")]
+        translation = read_translation_csv(eval_dir / "translation.csv")
         missing = [c for c in CSV_COLUMNS if translation and c not in translation[0]]
         if missing:
             raise EvaluationError(f"{eval_dir / 'translation.csv'}: columns {missing} missing (an older tli?)")
-    pairs = [_typed(r, text) for r in read_csv(eval_dir / "pairs.csv")] if (eval_dir / "pairs.csv").is_file() else []
+    pairs_csv = eval_dir / "pairs.csv"
+    pairs = [_typed(r, TEXT_COLUMNS) for r in read_csv(pairs_csv)] if pairs_csv.is_file() else []
     return Evaluation(eval_dir, summary, translation, pairs)
 
 
