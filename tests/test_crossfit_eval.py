@@ -155,6 +155,28 @@ def test_recipes_are_compared_on_the_same_queries(folds, tiny_dir, small_lexicon
     assert (cell["n"], cell["b"], cell["c"]) == (len(unseen), b, c)
     family = summary["comparisons"]["family_size"]
     assert family == 3 * 4 and cell["holm_p"] >= cell["exact_p"]
+    # the representations: each unseen pair's score after the null's adapter (before) and after tli's (after)
+    aligned = summary["recipe_alignment"]["pairs"]["tli vs deranged"]["splits"]
+    pair_rows = list(csv.DictReader((tmp_path / "e" / "eval" / "pairs.csv").open(encoding="utf-8")))
+    for split in ("unseen", "control"):
+        scores = {who: {(r["source"], r["target"], r["fold"]): float(r["centred_pool_mrr_after"]) for r in pair_rows
+                        if r["split"] == split and r["run"].startswith(f"{who}/")} for who in ("tli", "deranged")}
+        assert scores["tli"].keys() == scores["deranged"].keys()
+        cell = aligned[split][32]["centred"]["pool_mrr"]
+        assert cell["n"] == len(scores["tli"]) and set(cell["strata"]) == {f"fold {f} seed 0" for f in range(K)}
+        assert cell["mean_before"] == pytest.approx(np.mean(list(scores["deranged"].values())))
+        gains = [scores["tli"][k] - scores["deranged"][k] for k in scores["tli"]]
+        assert cell["delta"] == pytest.approx(np.mean(gains))
+        assert cell["holm_p"] >= cell["wilcoxon_p"]
+    assert summary["recipe_alignment"]["family_size"] == 2
+    assert "## Recipes against each other: representations" in (tmp_path / "e" / "eval" / "report.md").read_text()
+    # without translation (a language the model cannot translate): the same recipes and representation comparison
+    quiet = evaluate_job(eval_cfg(f"+adapters.tli=[{','.join(map(str, folds))}]",
+                                  f"+adapters.deranged=[{','.join(map(str, nulls))}]", "eval.translation=false",
+                                  "eval.lm_loss=false", "eval.layers=[32]", out=tmp_path / "q"))
+    assert quiet["recipes"] == {"tli": {"runs": ["tli/0", "tli/1", "tli/2"]},
+                                "deranged": {"runs": ["deranged/0", "deranged/1", "deranged/2"]}}
+    assert quiet["recipe_alignment"] == summary["recipe_alignment"]
     # fold 0 evaluated as "tli", folds 1-2 under other names (a second seed's batch, say): --rename pools them
     src = tmp_path / "e" / "eval"
     a = _split_evaluation(src, tmp_path / "a", {"tli/0", "deranged/0"})
@@ -165,6 +187,7 @@ def test_recipes_are_compared_on_the_same_queries(folds, tiny_dir, small_lexicon
     combined = json.loads((tmp_path / "both" / "summary.json").read_text())
     one = json.loads(json.dumps(summary))
     assert list(combined["comparisons"]["pairs"]) == list(pairs)
+    assert combined["recipe_alignment"] == one["recipe_alignment"]
     for name, comparison in one["comparisons"]["pairs"].items():
         assert combined["comparisons"]["pairs"][name]["translation"] == comparison["translation"], name
     assert set(combined["runs"]) == {"tli/0.0", "deranged/0.0", "tli/1.1", "tli/1.2", "deranged/1.1", "deranged/1.2"}

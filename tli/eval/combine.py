@@ -27,6 +27,7 @@ from typing import Any
 
 from tli.errors import TLIError
 from tli.eval.headline import behaviour_table
+from tli.eval.recipe_alignment import compare_alignment, recipe_alignment_section
 from tli.eval.recipes import behaviour_summary, recipe_of
 from tli.eval.sections import unseen_alignment_section
 from tli.eval.tables import read_csv
@@ -171,8 +172,8 @@ def combine(evaluations: Sequence[Evaluation], n_boot: int | None = None, seed: 
             rename: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The combined summary: "settings" (the first source's, with "sources"), "runs" (every source's, renamed),
     and, from the union of the rows, what `evaluate.py` computes across runs: "recipes", "comparisons",
-    "nulls", "crossfit" (`behaviour_summary`) and "unseen_alignment" (`pooled_alignment`). `rename` maps a recipe's
-    name in the sources to its name in the combined summary."""
+    "nulls", "crossfit" (`behaviour_summary`), "unseen_alignment" (`pooled_alignment`) and "recipe_alignment"
+    (`compare_alignment`). `rename` maps a recipe's name in the sources to its name in the combined summary."""
     if len(evaluations) < 2:
         raise EvaluationError("give at least two evaluation directories to combine")
     check_compatible(evaluations)
@@ -217,9 +218,11 @@ def combine(evaluations: Sequence[Evaluation], n_boot: int | None = None, seed: 
                                         "seed": seed, "adapters": [a for e in evaluations
                                                                    for a in e.summary["settings"]["adapters"]]},
                            "runs": runs}
-    out.update(behaviour_summary(translation, recipes, crossfit, n_boot, seed))
+    out.update(behaviour_summary(translation, recipes, crossfit, n_boot, seed, runs=list(runs) if recipes else ()))
     if any(r["split"] == "unseen" for r in pairs):
         out["unseen_alignment"] = pooled_alignment(pairs, recipes, n_boot, seed)
+    if recipes:
+        out["recipe_alignment"] = compare_alignment(pairs, n_boot, seed)
     return out
 
 
@@ -235,6 +238,8 @@ def render(summary: dict) -> str:
         lines.append(table)
     if summary.get("unseen_alignment"):
         lines.append(unseen_alignment_section(summary["unseen_alignment"]))
+    if summary.get("recipe_alignment"):
+        lines.append(recipe_alignment_section(summary["recipe_alignment"]))
     return "\n".join(lines)
 
 

@@ -80,11 +80,12 @@ def recipe_runs(names: Sequence[str]) -> Mapping[str, list[str]]:
 
 
 def behaviour_summary(rows: Sequence[dict], recipes: bool, crossfit: bool, n_boot: int = 10000,
-                      seed: int = 0) -> dict[str, Any]:
+                      seed: int = 0, runs: Sequence[str] = ()) -> dict[str, Any]:
     """The summary's pooled behaviour sections from every translation.csv row of an evaluation: "crossfit" (one
     recipe's cross-fitted pool), "nulls" ({"nn_shots": its translation summary, and pool when cross-fitted}),
-    "recipes" ({recipe: {"runs", and "crossfit" when cross-fitted}}) and "comparisons" (`compare_recipes`), each
-    only where it applies."""
+    "recipes" ({recipe: {"runs", and "crossfit" when cross-fitted}}: of `runs`, the evaluation's run names, with
+    those of the rows; so without translation too) and "comparisons" (`compare_recipes`), each only where it
+    applies."""
     out: dict[str, Any] = {}
     adapter_rows = [r for r in rows if r["run"] != "nn_shots"]
     nn_rows = [r for r in rows if r["run"] == "nn_shots"]
@@ -94,9 +95,9 @@ def behaviour_summary(rows: Sequence[dict], recipes: bool, crossfit: bool, n_boo
         out["nulls"] = {"nn_shots": {"translation": summarize_translation(nn_rows, n_boot=n_boot, seed=seed),
                                      **({"crossfit": pooled_translation(nn_rows, n_boot, seed)} if crossfit else {})}}
     if recipes:
-        grouped = recipe_runs([r["run"] for r in adapter_rows])
-        out["recipes"] = {name: {"runs": sorted(set(runs)), **({"crossfit": pooled_translation(
-            [r for r in adapter_rows if recipe_of(r["run"]) == name], n_boot, seed)} if crossfit else {})}
-            for name, runs in grouped.items()}
+        grouped = recipe_runs([*runs, *(r["run"] for r in adapter_rows)])
+        out["recipes"] = {name: {"runs": sorted(set(names)), **({"crossfit": pooled_translation(
+            [r for r in adapter_rows if recipe_of(r["run"]) == name], n_boot, seed)} if crossfit and rows else {})}
+            for name, names in grouped.items()}
         out["comparisons"] = compare_recipes(rows, n_boot=n_boot, seed=seed)
     return out

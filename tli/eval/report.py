@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tli.eval.headline import behaviour_table
+from tli.eval.recipe_alignment import recipe_alignment_section
 from tli.eval.sections import (
     embedding_aggregate_section,
     embedding_section,
@@ -50,6 +51,8 @@ def render(summary: dict) -> str:
         lines += [table]
     if summary.get("unseen_alignment"):
         lines += [unseen_alignment_section(summary["unseen_alignment"])]
+    if summary.get("recipe_alignment"):
+        lines += [recipe_alignment_section(summary["recipe_alignment"])]
     risen = [f"{lang} ({name})" for name, run in summary["runs"].items()
              for lang, c in run.get("lm_loss", {}).items() if c["rise"]]
     if risen:

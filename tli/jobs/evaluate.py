@@ -21,6 +21,8 @@ the first adapter is attached; each adapter is then attached to that same model 
       intervention                a saved map's run (tli.intervention): kind, indices, alpha and every alpha tried
     unseen_alignment              cross-fitted adapters: {recipe or "crossfit": {layer: {variant: {score: pooled
                                   stratified paired test}}}} over every adapter's held-out fold (tli.eval.unseen)
+    recipe_alignment              +adapters.<recipe>: every two recipes' per-pair scores matched by (fold, seed)
+                                  (tli.eval.recipe_alignment); "recipes", "comparisons": tli.eval.recipes
     aggregate                     several runs only: mean, std and n across runs of the embedding figures, and of
                                   "translation" (accuracies, change) and "lm_loss" (NLL, change, runs flagged)
     translation                   with eval.translation=true: the run's translation section (several runs: {"runs",
@@ -54,6 +56,7 @@ from tli.eval.evaluation import aggregate_all, curves, evaluate_run, layer_score
 from tli.eval.nn_shots import nn_shots_rows, word_vectors
 from tli.eval.plots import gold_logprob_points, plot_before_after, plot_scatter
 from tli.eval.pooled import heldout_words, mark_rows, scored_by
+from tli.eval.recipe_alignment import compare_alignment
 from tli.eval.recipes import behaviour_summary
 from tli.eval.report import write_report
 from tli.eval.tables import print_table, write_csv
@@ -243,9 +246,11 @@ def write_outputs(plan: EvalPlan, found: Measured) -> dict:
         "aggregate": aggregate_all(list(runs.values()), plan.layers) if len(runs) > 1 else {},
     }
     summary.update(behaviour_summary(found.translation_rows, bool(cfg.adapters), any(plan.unseen), cfg.eval.n_boot,
-                                     cfg.seed))
+                                     cfg.seed, runs=list(runs)))
     if any(plan.unseen):  # representations on the words each adapter never saw, pooled over folds and seeds
         summary["unseen_alignment"] = pooled_alignment(found.pair_rows, bool(cfg.adapters), cfg.eval.n_boot, cfg.seed)
+    if cfg.adapters:  # every two recipes on the same pairs: a recipe against its null without translation too
+        summary["recipe_alignment"] = compare_alignment(found.pair_rows, cfg.eval.n_boot, cfg.seed)
     nn_rows = (summary.get("nulls") or {}).get("nn_shots")
     if plan.queries:  # the design contract's top-level section: the run's, or the runs' and their aggregate
         summary["translation"] = next(iter(runs.values()))["translation"] if len(runs) == 1 else {
