@@ -19,8 +19,8 @@ from tli.eval.metrics import PAIR_SCORES
 from tli.eval.power import holm_table, stratified_paired
 from tli.eval.recipes import recipe_of
 from tli.eval.tables import fmt_number, fmt_p, markdown_table
+from tli.eval.unseen import VARIANT_PREFIX
 
-VARIANT_PREFIX = {"raw": "", "centred": "centred_"}  # eval/pairs.csv's column prefix of each vector variant
 UNTRAINED = ("control", "unseen")  # splits no adapter of the recipe trained on: the Holm family's
 VERDICT_SCORE = "pool_mrr"
 
