@@ -48,7 +48,9 @@ def test_a_recipe_meets_its_null_pair_by_pair_within_each_seed():
     assert "holm_p" not in c["splits"]["train"][18]["centred"]["pool_mrr"]
     assert "holm_p" not in cell
     text = recipe_alignment_section(out)
+    verdict = c["splits"]["control"][18]["centred"]["pool_mrr"]
     assert "| tli vs null | control | 18 | centred | pool_mrr | 12 |" in text
+    assert f"| p = {verdict['wilcoxon_p']:.3g}, Holm p = {verdict['holm_p']:.3g} | 2 up, 0 down |" in text
     assert "| tli vs null | train | 18 | centred | cosine |" in text
 
 

@@ -111,7 +111,7 @@ def recipe_alignment_section(compared: Mapping[str, Any]) -> str:
             for layer, by_variant in by_layer.items():
                 variant = verdict_variant(by_variant)
                 for score, r in by_variant[variant].items():
-                    holm = f", Holm p = {fmt_p(r['holm_p'])}" if r.get("holm_p") is not None else ""
+                    holm = f", Holm {fmt_p(r['holm_p'])}" if r.get("holm_p") is not None else ""
                     rows.append([name, split, layer, variant, score, r["n"],
                                  f"{fmt_number(r['mean_before'])} -> {fmt_number(r['mean_after'])}",
                                  fmt_number(r["delta"]),
