@@ -68,7 +68,7 @@ def _compare(a: dict[tuple, dict], b: dict[tuple, dict], n_boot: int, seed: int)
     return out
 
 
-def verdict_variant(by_variant: Mapping[str, Any]) -> str:
+def _verdict_variant(by_variant: Mapping[str, Any]) -> str:
     return "centred" if "centred" in by_variant else "raw"
 
 
@@ -91,7 +91,7 @@ def compare_alignment(rows: Sequence[dict], n_boot: int = 10000, seed: int = 0) 
         n = sum(1 for k in keyed[a][0] if k in keyed[b][0])
         out[f"{a} vs {b}"] = ({"n_matched": n, "splits": splits} if splits else
                               {"skipped": "no pair scored by both in one (fold, seed) stratum"})
-    verdicts = {(name, split, layer): by_variant[verdict_variant(by_variant)][VERDICT_SCORE]
+    verdicts = {(name, split, layer): by_variant[_verdict_variant(by_variant)][VERDICT_SCORE]
                 for name, c in out.items() for split, by_layer in c.get("splits", {}).items() if split in UNTRAINED
                 for layer, by_variant in by_layer.items()}
     adjusted = holm_table({" | ".join(map(str, k)): v["wilcoxon_p"] for k, v in verdicts.items()})
@@ -109,7 +109,7 @@ def recipe_alignment_section(compared: Mapping[str, Any]) -> str:
             continue
         for split, by_layer in c["splits"].items():
             for layer, by_variant in by_layer.items():
-                variant = verdict_variant(by_variant)
+                variant = _verdict_variant(by_variant)
                 for score, r in by_variant[variant].items():
                     holm = f", Holm {fmt_p(r['holm_p'])}" if r.get("holm_p") is not None else ""
                     rows.append([name, split, layer, variant, score, r["n"],
