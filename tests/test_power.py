@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from tli.eval.pooled import pooled_translation
 from tli.eval.power import (
     holm_table,
     mde_from_rows,
     mde_mcnemar,
     mde_paired,
+    natural_key,
     seed_signs,
     stratified_mcnemar,
     stratified_paired,
@@ -271,3 +273,14 @@ def test_word_clustered_matches_an_enumeration_of_sign_patterns():
     assert nothing["p"] == 1.0 and nothing["n_same"] == 2 and nothing["down"] == [] == nothing["up"]
     with pytest.raises(ValueError, match="differ in length"):
         word_clustered(["a"], [True, False], [True, False])
+
+
+def test_strata_and_seeds_sort_numbers_as_numbers():
+    names = ["fold 1 seed 10", "fold 1 seed 2", "fold 10 seed 0", "fold 2 seed 0", "all"]
+    assert sorted(names, key=natural_key) == ["all", "fold 1 seed 2", "fold 1 seed 10", "fold 2 seed 0",
+                                              "fold 10 seed 0"]
+    rows = [{"split": "unseen", "direction": "ko->en", "source": f"w{i}", "fold": 0, "seed": seed,
+             "correct_before": False, "correct_after": i % 2 == 0} for seed in (10, 2) for i in range(4)]
+    cell = pooled_translation(rows, n_boot=50)["unseen"]["ko->en"]
+    assert list(cell["per_seed"]) == ["seed 2", "seed 10"]
+    assert cell["per_seed"]["seed 10"]["effect"] == pytest.approx(0.5)

@@ -27,7 +27,7 @@ from typing import Any
 
 from tli.data.crossfit import fold_split
 from tli.data.lexicon import Lexicon
-from tli.eval.power import seed_signs, stratified_mcnemar, stratified_paired, word_clustered
+from tli.eval.power import natural_key, seed_signs, stratified_mcnemar, stratified_paired, word_clustered
 
 GRADED = ("gold_logprob", "chrf", "gold_rank")
 
@@ -74,7 +74,7 @@ def pooled_translation(rows: Sequence[dict], n_boot: int = 10000, seed: int = 0)
         for direction, rs in by.items():
             strata = _strata(rs, lambda r: f"fold {r['fold']} seed {r['seed']}")
             by_seed = {}
-            for s in sorted({r["seed"] for r in rs}, key=str):
+            for s in sorted({r["seed"] for r in rs}, key=lambda s: natural_key(str(s))):
                 own = [r for r in rs if r["seed"] == s]
                 by_seed[f"seed {s}"] = stratified_mcnemar(_bools(_strata(own, lambda r: f"fold {r['fold']}")))
             cell = {"correct": stratified_mcnemar(_bools(strata)), "per_seed": by_seed,

@@ -36,6 +36,7 @@ torch themselves).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -173,6 +174,11 @@ def holm_table(pvalues: Mapping[str, float | None]) -> dict[str, float | None]:
     entries are not part of the family and stay None."""
     names = list(pvalues)
     return dict(zip(names, holm([pvalues[k] for k in names]), strict=True))
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key of stratum names: "seed 2" before "seed 10" (numbers compare as numbers)."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t)
 
 
 def stratified_paired(strata: Mapping[str, tuple[Sequence[float], Sequence[float]]], n_boot: int = 10000,

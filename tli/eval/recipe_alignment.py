@@ -16,7 +16,7 @@ from itertools import combinations
 from typing import Any
 
 from tli.eval.metrics import PAIR_SCORES
-from tli.eval.power import holm_table, stratified_paired
+from tli.eval.power import holm_table, natural_key, stratified_paired
 from tli.eval.recipes import recipe_of
 from tli.eval.tables import fmt_number, fmt_p, markdown_table
 from tli.eval.unseen import VARIANT_PREFIX
@@ -64,7 +64,7 @@ def _compare(a: dict[tuple, dict], b: dict[tuple, dict], n_boot: int, seed: int)
                     continue  # no centred columns without metrics.centre
                 out.setdefault(split, {}).setdefault(layer, {}).setdefault(variant, {})[score] = stratified_paired(
                     {name: ([float(rb[column]) for rb, _ in matched], [float(ra[column]) for _, ra in matched])
-                     for name, matched in sorted(strata.items())}, n_boot=n_boot, seed=seed)
+                     for name, matched in sorted(strata.items(), key=lambda kv: natural_key(kv[0]))}, n_boot=n_boot, seed=seed)
     return out
 
 
