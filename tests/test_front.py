@@ -10,6 +10,7 @@ from helpers import FAST_CPU, compose, job_overrides
 from tli.eval.front import (
     RecipePoint,
     SummaryError,
+    front_figure,
     load_points,
     main,
     mean_ci,
@@ -101,6 +102,17 @@ def test_the_figure_is_written_for_any_mix_of_points(tmp_path):
         path = plot_front(points, tmp_path / f"front_{budget}.png", budget=budget)
         assert path.read_bytes().startswith(PNG)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_the_colour_bar_is_drawn_only_where_translation_was_scored():
+    import matplotlib.pyplot as plt
+
+    scored = RecipePoint("tli", 0.3, 0.2, 0.4, 0.01, 0.0, 0.02, 1.5, "unseen", 3, 18, alignment_split="unseen")
+    unscored = RecipePoint("sw", 0.07, 0.03, 0.11, 0.003, 0.001, 0.004, None, None, 3, 18)
+    for points, n_axes in (([scored, unscored], 2), ([unscored], 1)):
+        fig = front_figure(points)
+        assert len(fig.axes) == n_axes  # the plot, and its colour bar where a point has a colour
+        plt.close(fig)
 
 
 def test_translation_counts_on_unseen_words_when_cross_fitted():

@@ -153,6 +153,11 @@ def _bars(mid: float, low: float | None, high: float | None, scale: float) -> tu
 def plot_front(points: Sequence[RecipePoint], path: str | Path, budget: float | None = BUDGET,
                title: str = "") -> Path:
     """The study figure (module docstring), written atomically as PNG. Points without a harm are left out."""
+    return save_figure(front_figure(points, budget, title), path)
+
+
+def front_figure(points: Sequence[RecipePoint], budget: float | None = BUDGET, title: str = ""):
+    """The study figure as a matplotlib Figure; the colour bar only where some point has a translation change."""
     from matplotlib import cm, colors
 
     shown = [p for p in points if p.alignment is not None and p.harm is not None]
@@ -177,8 +182,9 @@ def plot_front(points: Sequence[RecipePoint], path: str | Path, budget: float | 
     if grey:
         ax.scatter([100 * p.harm for p in grey], [100 * p.alignment for p in grey], color="0.75", s=70,
                    edgecolors="k", zorder=2, label="no translation figures")
-    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax,
-                 label="translation accuracy change on unseen words (points)")
+    if len(grey) < len(shown):
+        fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax,
+                     label="translation accuracy change on unseen words (points)")
     ax.axhline(0, color="0.6", lw=0.8, ls=":")
     if budget is not None:
         ax.axvline(100 * budget, color="tab:red", lw=1, ls="--", label=f"harm budget {100 * budget:g}%")
@@ -198,7 +204,7 @@ def plot_front(points: Sequence[RecipePoint], path: str | Path, budget: float | 
     ax.grid(alpha=0.3)
     ax.set_title(title or "what each recipe buys (alignment) and costs (harm); bars: 95% CI over runs", fontsize=10)
     _labels(ax, [(p.name, 100 * p.harm, 100 * p.alignment) for p in shown])
-    return save_figure(fig, path)
+    return fig
 
 
 def label_offsets(anchors: Sequence[tuple[float, float]], sizes: Sequence[tuple[float, float]],
