@@ -62,9 +62,10 @@ def _compare(a: dict[tuple, dict], b: dict[tuple, dict], n_boot: int, seed: int)
                 column = _column(variant, score)
                 if column not in first:
                     continue  # no centred columns without metrics.centre
+                ordered = sorted(strata.items(), key=lambda kv: natural_key(kv[0]))
                 out.setdefault(split, {}).setdefault(layer, {}).setdefault(variant, {})[score] = stratified_paired(
                     {name: ([float(rb[column]) for rb, _ in matched], [float(ra[column]) for _, ra in matched])
-                     for name, matched in sorted(strata.items(), key=lambda kv: natural_key(kv[0]))}, n_boot=n_boot, seed=seed)
+                     for name, matched in ordered}, n_boot=n_boot, seed=seed)
     return out
 
 
