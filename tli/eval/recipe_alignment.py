@@ -57,12 +57,12 @@ def _compare(a: dict[tuple, dict], b: dict[tuple, dict], n_boot: int, seed: int)
     out: dict[str, Any] = {}
     for (split, layer), strata in sorted(cells.items()):
         first = next(iter(strata.values()))[0][0]
+        ordered = sorted(strata.items(), key=lambda kv: natural_key(kv[0]))  # "seed 2" before "seed 10"
         for variant in VARIANT_PREFIX:
             for score in PAIR_SCORES:
                 column = _column(variant, score)
                 if column not in first:
                     continue  # no centred columns without metrics.centre
-                ordered = sorted(strata.items(), key=lambda kv: natural_key(kv[0]))
                 out.setdefault(split, {}).setdefault(layer, {}).setdefault(variant, {})[score] = stratified_paired(
                     {name: ([float(rb[column]) for rb, _ in matched], [float(ra[column]) for _, ra in matched])
                      for name, matched in ordered}, n_boot=n_boot, seed=seed)
