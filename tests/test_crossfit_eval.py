@@ -293,3 +293,39 @@ def test_separate_evaluations_combine_as_one(pooled, tmp_path):
         combine([read_evaluation(a), read_evaluation(b)])
     assert combine_main([str(a), str(a), "--out", str(a)]) == 2  # the output over a source
     assert combine_main([str(tmp_path / "none"), str(a), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_evaluations_of_different_layers_combine_on_the_indices_they_share(pooled, tmp_path):
+    """Sources that scored different hidden-state indices (recipes of different k) are refused, with the option named;
+    with --shared-layers they pool on the shared indices only: the same figures as the one evaluation of all three,
+    the source's extra index left out, and the settings say which indices each source scored."""
+    summary, out = pooled
+    src = out / "eval"
+    a = _split_evaluation(src, tmp_path / "a", {"run0"})
+    b = _split_evaluation(src, tmp_path / "b", {"run1", "run2"})
+    layers = summary["settings"]["layers"]
+    extra = max(layers) + 7  # an index only b scored: its rows must not reach the pooled figures
+    moved = json.loads((b / "summary.json").read_text())
+    moved["settings"]["layers"] = [*layers, extra]
+    (b / "summary.json").write_text(json.dumps(moved))
+    with (b / "pairs.csv").open(encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    with (b / "pairs.csv").open("a", encoding="utf-8", newline="") as f:
+        csv.DictWriter(f, reader.fieldnames, lineterminator="\n").writerows(
+            {**r, "layer": extra, "centred_pool_mrr_after": 0.0} for r in rows if int(r["layer"]) == layers[0])
+    with pytest.raises(EvaluationError, match="settings.layers = .* differs .*--shared-layers"):
+        combine([read_evaluation(a), read_evaluation(b)])
+    assert combine_main([str(a), str(b), "--out", str(tmp_path / "both"), "--shared-layers"]) == 0
+    combined = json.loads((tmp_path / "both" / "summary.json").read_text())
+    one = json.loads(json.dumps(summary))
+    assert combined["unseen_alignment"] == one["unseen_alignment"]
+    assert all(str(extra) not in by_layer for by_layer in combined["unseen_alignment"].values())
+    assert combined["settings"]["layers"] == layers
+    assert combined["settings"]["layers_by_source"] == [layers, [*layers, extra]]
+    report = (tmp_path / "both" / "report.md").read_text()
+    assert f"the indices all sources scored, of {[layers, [*layers, extra]]}" in report
+    moved["settings"]["layers"] = [extra]
+    (b / "summary.json").write_text(json.dumps(moved))
+    with pytest.raises(EvaluationError, match="share no scored index"):
+        combine([read_evaluation(a), read_evaluation(b)], shared_layers=True)

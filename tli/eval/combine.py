@@ -10,6 +10,10 @@ An eval dir is `<run or sweep dir>/eval` (or the directory above it). Each sourc
 `tli.eval.recipes`, so the sources must score different (fold, seed) strata: the same stratum of one recipe in two
 sources is an error, and so is a setting that differs. Writes <dir>/summary.json and <dir>/report.md.
 
+Evaluations that scored different hidden-state indices (`eval.layers`; by default the adapter's target layer and the
+last, so recipes of different k) are refused unless `--shared-layers` is given: then only the indices every source
+scored are pooled, and the combined settings say so ("layers" the shared ones, "layers_by_source" each source's).
+
 A recipe named differently in two evaluations (`kl30` in one seed's, `kl30-s1` in the next) pools under one name
 with `--rename kl30-s1=kl30 --rename kl30-s1-deranged=kl30-deranged`: the renaming is applied to every source before
 the rows are matched.
@@ -123,16 +127,29 @@ def _checksums(settings: dict) -> dict:
     return {"lexicons": lexicons, "lm_loss": heldout, "translation": t}
 
 
-def check_compatible(evaluations: Sequence[Evaluation]) -> None:
+def check_compatible(evaluations: Sequence[Evaluation], shared_layers: bool = False) -> None:
+    """Every setting of SAME (but "layers" with `shared_layers`) and every file checksum agrees with the first's."""
+    keys = [k for k in SAME if not (shared_layers and k == "layers")]
     first = evaluations[0]
-    ref = {**{k: first.summary["settings"].get(k) for k in SAME}, **_checksums(first.summary["settings"])}
+    ref = {**{k: first.summary["settings"].get(k) for k in keys}, **_checksums(first.summary["settings"])}
     for e in evaluations[1:]:
-        own = {**{k: e.summary["settings"].get(k) for k in SAME}, **_checksums(e.summary["settings"])}
+        own = {**{k: e.summary["settings"].get(k) for k in keys}, **_checksums(e.summary["settings"])}
         for key, value in own.items():
             if value != ref[key]:
+                hint = " (or pool the indices they share with --shared-layers)" if key == "layers" else ""
                 raise EvaluationError(f"{e.path}: settings.{key} = {value!r} differs from {first.path} "
                                       f"({ref[key]!r}); only evaluations of the same model, lexicons, held-out text "
-                                      "and settings combine")
+                                      f"and settings combine{hint}")
+
+
+def shared_layers_of(evaluations: Sequence[Evaluation]) -> list[int]:
+    """The hidden-state indices every source scored, in order; an error when they share none."""
+    layers = [set(e.summary["settings"]["layers"]) for e in evaluations]
+    shared = sorted(set.intersection(*layers))
+    if not shared:
+        raise EvaluationError("--shared-layers: the evaluations share no scored index: " + ", ".join(
+            f"{e.path} {sorted(ls)}" for e, ls in zip(evaluations, layers, strict=True)))
+    return shared
 
 
 def _renamed(run: str, source: int, recipes: bool) -> str:
@@ -169,14 +186,16 @@ def check_rename(evaluations: Sequence[Evaluation], rename: Mapping[str, str]) -
 
 
 def combine(evaluations: Sequence[Evaluation], n_boot: int | None = None, seed: int | None = None,
-            rename: Mapping[str, str] | None = None) -> dict[str, Any]:
+            rename: Mapping[str, str] | None = None, shared_layers: bool = False) -> dict[str, Any]:
     """The combined summary: "settings" (the first source's, with "sources"), "runs" (every source's, renamed),
     and, from the union of the rows, what `evaluate.py` computes across runs: "recipes", "comparisons",
     "nulls", "crossfit" (`behaviour_summary`), "unseen_alignment" (`pooled_alignment`) and "recipe_alignment"
-    (`compare_alignment`). `rename` maps a recipe's name in the sources to its name in the combined summary."""
+    (`compare_alignment`). `rename` maps a recipe's name in the sources to its name in the combined summary;
+    `shared_layers` pools sources of different `eval.layers` on the indices they all scored ("runs" keep their own)."""
     if len(evaluations) < 2:
         raise EvaluationError("give at least two evaluation directories to combine")
-    check_compatible(evaluations)
+    check_compatible(evaluations, shared_layers)
+    layers = shared_layers_of(evaluations) if shared_layers else None
     rename = dict(rename or {})
     check_rename(evaluations, rename)
     kinds = {bool(e.summary.get("recipes")) for e in evaluations}
@@ -210,7 +229,8 @@ def combine(evaluations: Sequence[Evaluation], n_boot: int | None = None, seed: 
                                       + ": combine evaluations of different seeds, folds or recipes")
             seen[key] = (i, r)
             translation.append(r)
-        pairs += [{**r, "run": name_of(r.get("run") or names[0], i)} for r in e.pairs]
+        pairs += [{**r, "run": name_of(r.get("run") or names[0], i)} for r in e.pairs
+                  if layers is None or int(r["layer"]) in layers]
         for name, run in e.summary["runs"].items():
             runs[name_of(name, i)] = run
     crossfit = any(r.get("fold") is not None for r in translation if r["run"] != "nn_shots")
@@ -218,6 +238,8 @@ def combine(evaluations: Sequence[Evaluation], n_boot: int | None = None, seed: 
                                         "seed": seed, "adapters": [a for e in evaluations
                                                                    for a in e.summary["settings"]["adapters"]]},
                            "runs": runs}
+    if layers is not None:
+        out["settings"].update(layers=layers, layers_by_source=[e.summary["settings"]["layers"] for e in evaluations])
     out.update(behaviour_summary(translation, recipes, crossfit, n_boot, seed, runs=list(runs) if recipes else ()))
     if any(r["split"] == "unseen" for r in pairs):
         out["unseen_alignment"] = pooled_alignment(pairs, recipes, n_boot, seed)
@@ -230,7 +252,9 @@ def render(summary: dict) -> str:
     s = summary["settings"]
     lines = ["# Combined TLI evaluations", "",
              f"Model `{s['model']}` (quantization {s['quantization']}), pooling `{s['pooling']}`, layers "
-             f"{s['layers']} (Hugging Face hidden-state indices), {len(s['adapters'])} adapters from "
+             f"{s['layers']} (Hugging Face hidden-state indices"
+             + (f"; the indices all sources scored, of {s['layers_by_source']}" if s.get("layers_by_source") else "")
+             + f"), {len(s['adapters'])} adapters from "
              f"{len(s['sources'])} evaluations, pooled as one; bootstrap {s['n_boot']} resamples, seed {s['seed']}.",
              "", *[f"- `{src}`" for src in s["sources"]], ""]
     table = behaviour_table(summary)
@@ -250,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-boot", type=int, help="bootstrap resamples (default: the sources' eval.n_boot)")
     parser.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
                         help="pool recipe OLD of any source under the name NEW (repeatable)")
+    parser.add_argument("--shared-layers", action="store_true",
+                        help="pool evaluations of different eval.layers on the indices they all scored")
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
@@ -260,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluations = [read_evaluation(d) for d in args.eval_dirs]
         if any(out.resolve() == e.path.resolve() for e in evaluations):
             raise EvaluationError(f"--out {out} is one of the sources: give a new directory")
-        summary = combine(evaluations, n_boot=args.n_boot, rename=rename)
+        summary = combine(evaluations, n_boot=args.n_boot, rename=rename, shared_layers=args.shared_layers)
     except TLIError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
