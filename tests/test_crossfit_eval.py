@@ -325,7 +325,8 @@ def test_evaluations_of_different_layers_combine_on_the_indices_they_share(poole
     assert combined["settings"]["layers_by_source"] == [layers, [*layers, extra]]
     report = (tmp_path / "both" / "report.md").read_text()
     assert f"the indices all sources scored, of {[layers, [*layers, extra]]}" in report
-    moved["settings"]["layers"] = [extra]
-    (b / "summary.json").write_text(json.dumps(moved))
-    with pytest.raises(EvaluationError, match="share no scored index"):
-        combine([read_evaluation(a), read_evaluation(b)], shared_layers=True)
+    for unshared in ([extra], None):  # no index in common; an older summary without settings.layers
+        moved["settings"]["layers"] = unshared
+        (b / "summary.json").write_text(json.dumps(moved))
+        with pytest.raises(EvaluationError, match="share no scored index"):
+            combine([read_evaluation(a), read_evaluation(b)], shared_layers=True)

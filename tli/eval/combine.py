@@ -144,7 +144,7 @@ def check_compatible(evaluations: Sequence[Evaluation], shared_layers: bool = Fa
 
 def shared_layers_of(evaluations: Sequence[Evaluation]) -> list[int]:
     """The hidden-state indices every source scored, in order; an error when they share none."""
-    layers = [set(e.summary["settings"]["layers"]) for e in evaluations]
+    layers = [set(e.summary["settings"].get("layers") or ()) for e in evaluations]
     shared = sorted(set.intersection(*layers))
     if not shared:
         raise EvaluationError("--shared-layers: the evaluations share no scored index: " + ", ".join(
