@@ -12,9 +12,10 @@ from helpers import FAST_CPU, compose, job_overrides
 from tli.data.config import load_lexicons
 from tli.data.crossfit import fold_split
 from tli.errors import AdapterError, ConfigError
-from tli.eval.combine import EvaluationError, combine, read_evaluation
+from tli.eval.combine import combine
 from tli.eval.combine import main as combine_main
 from tli.eval.front import points_from_summary
+from tli.eval.saved import EvaluationError, read_evaluation
 from tli.jobs.evaluate import evaluate_job
 from tli.jobs.train import train_job
 

@@ -10,9 +10,9 @@ name (every adapter of it, "<recipe>/<i>") or nn_shots. Run from the repository 
 """
 import argparse
 
-from tli.eval.combine import read_translation_csv
 from tli.eval.pooled import pooled_translation
 from tli.eval.recipes import matched_rows, recipe_of
+from tli.eval.saved import read_translation_csv
 
 
 def rows_of(run: str, paths: list[str], split: str) -> list[dict]:

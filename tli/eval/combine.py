@@ -22,10 +22,8 @@ the rows are matched.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,88 +31,13 @@ from tli.errors import TLIError
 from tli.eval.headline import behaviour_table
 from tli.eval.recipe_alignment import compare_alignment, recipe_alignment_section
 from tli.eval.recipes import behaviour_summary, recipe_of
+from tli.eval.saved import Evaluation, EvaluationError, read_evaluation
 from tli.eval.sections import unseen_alignment_section
-from tli.eval.tables import read_csv
-from tli.eval.translation import CSV_COLUMNS
 from tli.eval.unseen import pooled_alignment
 from tli.io import atomic_write_json, atomic_write_text
 
 # settings that must agree for rows to pool (file paths may differ; their checksums may not)
 SAME = ("model", "revision", "quantization", "behaviour_quantization", "pooling", "template", "metrics", "layers")
-
-
-class EvaluationError(TLIError, ValueError):
-    """An evaluation directory that cannot be read or combined (names the directory and what is wrong)."""
-
-
-@dataclass
-class Evaluation:
-    """One evaluation's summary.json and its per-row tables."""
-
-    path: Path
-    summary: dict
-    translation: list[dict]
-    pairs: list[dict]
-
-
-def eval_dir_of(path: str | Path) -> Path:
-    """`<path>` when it holds summary.json, else `<path>/eval` when that does."""
-    path = Path(path)
-    if not (path / "summary.json").is_file() and (path / "eval" / "summary.json").is_file():
-        return path / "eval"
-    return path
-
-
-def read_summary(eval_dir: Path, error: type[TLIError] = EvaluationError) -> dict:
-    path = eval_dir / "summary.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise error(f"cannot read {path} ({getattr(err, 'strerror', None) or err}): give an evaluation's directory "
-                    "(<run dir>/eval, written by evaluate.py)") from err
-
-
-def _value(text: str) -> Any:
-    """A CSV cell back to the type evaluate.py wrote: "" -> None, True/False, numbers."""
-    if text in ("", "None"):
-        return None
-    if text in ("True", "False"):
-        return text == "True"
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return text
-
-
-def _typed(row: dict, text_columns: Sequence[str]) -> dict:
-    return {k: (v if k in text_columns else _value(v)) for k, v in row.items()}
-
-
-TEXT_COLUMNS = ("run", "split", "direction", "source", "target", "prediction_before", "prediction_after")
-
-
-def read_translation_csv(path: str | Path) -> list[dict]:
-    """An evaluation's translation.csv with each cell back in the type evaluate.py wrote (words stay text)."""
-    return [_typed(r, TEXT_COLUMNS) for r in read_csv(path)]
-
-
-def read_evaluation(path: str | Path) -> Evaluation:
-    eval_dir = eval_dir_of(path)
-    summary = read_summary(eval_dir)
-    translation = []
-    if summary.get("translation"):
-        if not (eval_dir / "translation.csv").is_file():
-            raise EvaluationError(f"{eval_dir}: summary.json has translation figures but translation.csv is missing")
-        translation = read_translation_csv(eval_dir / "translation.csv")
-        missing = [c for c in CSV_COLUMNS if translation and c not in translation[0]]
-        if missing:
-            raise EvaluationError(f"{eval_dir / 'translation.csv'}: columns {missing} missing (an older tli?)")
-    pairs_csv = eval_dir / "pairs.csv"
-    pairs = [_typed(r, TEXT_COLUMNS) for r in read_csv(pairs_csv)] if pairs_csv.is_file() else []
-    return Evaluation(eval_dir, summary, translation, pairs)
 
 
 def _checksums(settings: dict) -> dict:

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tli.errors import TLIError
-from tli.eval.combine import eval_dir_of, read_summary
 from tli.eval.plots import _figure, save_figure
+from tli.eval.saved import eval_dir_of, read_summary
 
 BUDGET = 0.02  # objective.max_harm's default: a 2% rise of held-out NLL
 
